@@ -1,0 +1,173 @@
+"""The ``grv-batch`` command. It only parses arguments and calls the library."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="grv-batch",
+    help="Gender recognition by voice over folders and buckets of audio, on Dask, to Parquet.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+StorageOptions = Annotated[
+    Optional[list[str]],
+    typer.Option("--storage-option", "-s", metavar="KEY=VALUE",
+                 help="fsspec option for INPUT, OUT and metadata (repeatable), e.g. "
+                      "endpoint_url=http://localhost:9000. Values are never written or logged."),
+]
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@app.command()
+def run(
+    input: Annotated[str, typer.Argument(help="Folder, single file, or bucket URL (s3://bucket/prefix/).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Output folder or bucket URL.")],
+    job: Annotated[Optional[Path], typer.Option("--job", "-j", help="Job file (TOML); default jobs/default.toml settings.")] = None,
+    metadata: Annotated[Optional[str], typer.Option("--metadata", "-m", help="CSV or Parquet with a 'path' column (optional speaker_id, gender, groups).")] = None,
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Existing Dask scheduler (tcp://host:8786); also DASK_SCHEDULER_ADDRESS.")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Local worker processes (default: one per core).")] = None,
+    storage_option: StorageOptions = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an OUT that belongs to another job.")] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+) -> None:
+    """Analyse every audio file under INPUT and write Parquet tables (and a report) to OUT."""
+    _quiet_libraries()
+    from grv_batch import runner
+    from grv_batch.spec import JobError, load_job
+    from grv_batch.storage import parse_storage_options
+
+    try:
+        overrides: dict = {"execution": {}, "output": {}}
+        if scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS"):
+            overrides["execution"]["scheduler"] = scheduler or os.environ["DASK_SCHEDULER_ADDRESS"]
+        if workers:
+            overrides["execution"]["workers"] = workers
+        if overwrite:
+            overrides["output"]["overwrite"] = True
+        cli_options = parse_storage_options(storage_option or [])
+        spec = load_job(job, overrides=overrides)
+        if cli_options:
+            spec = spec.model_copy(update={"storage_options": {**spec.storage_options, **cli_options}})
+    except (JobError, ValueError) as exc:
+        _fail(str(exc))
+    try:
+        with runner.dask_client(spec.execution, console=console) as client:
+            summary = runner.run_job(input, out, spec, client=client, metadata_url=metadata,
+                                     console=console, progress=not no_progress)
+    except (runner.InputError, runner.OutputConflict, runner.IncompleteRun) as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        from grv_batch.storage import redact_text, secret_values
+
+        _fail(redact_text(f"{type(exc).__name__}: {exc}", secret_values(spec.storage_options)))
+    console.print(
+        f"Done: {summary.n_files} file(s), {summary.n_ok} ok, {summary.n_error} error; "
+        f"{summary.audio_s / 3600:.2f} h of audio in {summary.wall_s:.1f} s "
+        f"({summary.audio_s / max(summary.wall_s, 1e-9):.0f}x realtime)"
+        + (f"; {summary.n_batches_skipped} batch(es) already done" if summary.n_batches_skipped else ""))
+    console.print(f"Tables: {out}/files, features, predictions, speakers"
+                  + (f"; report: {summary.report}/report.html" if summary.report else ""))
+
+
+@app.command()
+def train(
+    metadata: Annotated[Path, typer.Option("--metadata", "-m", help="Manifest CSV: path, speaker_id, gender, corpus, ...")],
+    data_root: Annotated[Path, typer.Option("--data-root", help="Folder the manifest paths are relative to.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the model bundle.")],
+    commonvoice: Annotated[Optional[Path], typer.Option("--commonvoice", help="Common Voice mel128 features.parquet (default: beside the manifest).")] = None,
+    folds: Annotated[int, typer.Option("--folds", min=2, help="Speaker-grouped cross-validation folds.")] = 5,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Train the ensemble with speaker-grouped cross-validation and write a model bundle."""
+    _quiet_libraries()
+    from grv_batch.training import train_bundle
+
+    if not metadata.exists():
+        _fail(f"metadata {metadata} does not exist")
+    if not data_root.is_dir():
+        _fail(f"data root {data_root} is not a folder")
+    if commonvoice is None:
+        guess = metadata.parent / "commonvoice-mel128" / "features.parquet"
+        commonvoice = guess if guess.exists() else None
+    result = train_bundle(metadata=metadata, data_root=data_root, out=out,
+                          commonvoice=commonvoice, folds=folds, seed=seed)
+    console.print(f"Model bundle written to {out}" + (f": {result}" if result else ""))
+
+
+@app.command()
+def report(
+    out: Annotated[str, typer.Argument(help="A finished run's OUT (folder or bucket URL).")],
+    metadata: Annotated[Optional[str], typer.Option("--metadata", "-m", help="Other metadata to join on 'path' (replaces carried columns).")] = None,
+    group: Annotated[Optional[list[str]], typer.Option("--group", "-g", help="Column to group on (repeatable; default: from the run's job).")] = None,
+    storage_option: StorageOptions = None,
+) -> None:
+    """(Re)build OUT/report/ from a finished run's tables, without touching audio."""
+    from grv_batch import storage
+    from grv_batch.report import build_report
+    from grv_batch.spec import JobError, JobSpec
+
+    try:
+        options = storage.parse_storage_options(storage_option or [])
+        fs, path = storage.filesystem(out, options)
+        run_path = storage.join(path, "_run.json")
+        if not storage.exists(fs, run_path):
+            _fail(f"{out} is not a finished grv-batch run (no _run.json)")
+        previous = storage.read_json(fs, run_path)["job"]
+        params = JobSpec.model_validate({"report": previous.get("report", {})}).report
+        if group:
+            params = params.model_copy(update={"groups": list(group)})
+    except (JobError, ValueError) as exc:
+        _fail(str(exc))
+    folder = build_report(out, metadata=metadata, params=params, storage_options=options)
+    console.print(f"Report: {folder}/report.html")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Argument(help="Folder for the demo corpus (OUT/corpus) and the run (OUT/run).")] = Path("demo-out"),
+    workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1)] = None,
+    corpus_only: Annotated[bool, typer.Option("--corpus-only", help="Only synthesise the corpus.")] = False,
+    speakers: Annotated[int, typer.Option("--speakers", min=2, help="Synthetic speakers.")] = 24,
+) -> None:
+    """Synthesise a small labelled corpus of voices, then run the full job on it."""
+    _quiet_libraries()
+    from grv_batch.demo import make_demo_corpus
+
+    corpus = out / "corpus"
+    meta = make_demo_corpus(corpus, n_speakers=speakers)
+    console.print(f"Demo corpus: {corpus} (metadata: {meta})")
+    if corpus_only:
+        return
+    run(input=str(corpus), out=str(out / "run"), job=None, metadata=str(meta), scheduler=None,
+        workers=workers, storage_option=None, overwrite=True, no_progress=False)
+
+
+@app.callback()
+def _main() -> None:
+    """grv-batch: batch gender recognition by voice."""
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app(prog_name="grv-batch")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

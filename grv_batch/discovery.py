@@ -1,0 +1,258 @@
+"""Finding the audio files of a corpus and joining their metadata.
+
+A corpus is a local folder, a single file or any fsspec URL. Each file found gets a ``file_id``
+that depends only on its path relative to INPUT, so the same corpus gives the same ids wherever it
+is mounted and however often it is listed.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import posixpath
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from grv_batch import storage
+from grv_batch._params import Params
+
+DEFAULT_PATTERNS = ("*.wav", "*.flac", "*.ogg", "*.oga", "*.mp3", "*.aif", "*.aiff", "*.aifc",
+                    "*.sph", "*.nist")
+
+#: Rough bytes per second of audio by extension, used only to balance batches before decoding.
+_BYTES_PER_SECOND = {".wav": 32_000, ".flac": 18_000, ".ogg": 10_000, ".oga": 10_000,
+                     ".mp3": 16_000, ".aif": 32_000, ".aiff": 32_000, ".aifc": 32_000,
+                     ".sph": 32_000, ".nist": 32_000}
+
+
+class InputParams(Params):
+    """Which files of INPUT are audio.
+
+    Parameters
+    ----------
+    patterns
+        Glob patterns matched against file names (not folders), case-insensitively.
+    exclude
+        Glob patterns matched against the path relative to INPUT; matching files are skipped.
+    """
+
+    patterns: list[str] = list(DEFAULT_PATTERNS)
+    exclude: list[str] = []
+
+
+class InputError(Exception):
+    """INPUT or metadata is unusable; the message is a one-line reason for the user."""
+
+
+@dataclass(frozen=True)
+class AudioFile:
+    """One discovered file."""
+
+    file_id: str
+    path: str  # relative to INPUT, POSIX separators
+    url: str  # what fsspec opens
+    size: int
+
+    @property
+    def estimated_s(self) -> float:
+        """Audio seconds guessed from size and extension (for batch balancing only)."""
+        ext = posixpath.splitext(self.path)[1].lower()
+        return max(self.size / _BYTES_PER_SECOND.get(ext, 32_000), 0.1)
+
+
+@dataclass
+class Corpus:
+    """The files found under INPUT, sorted by path."""
+
+    input_url: str
+    root: str
+    files: list[AudioFile]
+    protocol: str
+    unmatched: int = 0  # files under INPUT that matched no pattern
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def file_id_for(relative_path: str) -> str:
+    """Stable 16-hex-digit id of a file, from its path relative to INPUT."""
+    return hashlib.blake2b(relative_path.encode("utf-8"), digest_size=8).hexdigest()
+
+
+def _full_url(fs, path: str) -> str:
+    protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
+    return path if protocol in ("file", "local") else f"{protocol}://{path}"
+
+
+def discover(input_url: str, params: InputParams = InputParams(), *,
+             storage_options: Mapping[str, Any] | None = None) -> Corpus:
+    """List the audio files under ``input_url``, recursively.
+
+    Raises
+    ------
+    InputError
+        When INPUT does not exist or holds no audio file.
+    """
+    fs, root = storage.filesystem(input_url, storage_options)
+    protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
+    try:
+        fs.invalidate_cache()
+    except Exception:  # noqa: BLE001 - not every filesystem caches
+        pass
+    try:
+        exists = fs.exists(root)
+    except PermissionError as exc:
+        raise InputError(f"INPUT {input_url} cannot be read: permission denied") from exc
+    if not exists:
+        raise InputError(f"INPUT {input_url} does not exist")
+    if fs.isfile(root):
+        info = fs.info(root)
+        relative = posixpath.basename(root)
+        found = {root: info}
+        root = posixpath.dirname(root)
+    else:
+        found = fs.find(root, detail=True, withdirs=False)
+    patterns = [p.lower() for p in params.patterns]
+    files: list[AudioFile] = []
+    unmatched = 0
+    for path, info in found.items():
+        relative = posixpath.relpath(path, root) if root else path
+        name = posixpath.basename(path).lower()
+        if not any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            unmatched += 1
+            continue
+        if any(fnmatch.fnmatchcase(relative, p) for p in params.exclude):
+            continue
+        files.append(AudioFile(file_id=file_id_for(relative), path=relative,
+                               url=_full_url(fs, path), size=int(info.get("size") or 0)))
+    files.sort(key=lambda f: f.path)
+    if not files:
+        raise InputError(
+            f"INPUT {input_url} holds no audio file matching {', '.join(params.patterns)}"
+        )
+    return Corpus(input_url=input_url, root=root, files=files, protocol=protocol,
+                  unmatched=unmatched)
+
+
+def load_metadata(url: str, *, input_url: str | None = None,
+                  storage_options: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """Read a metadata CSV or Parquet file (local or in a bucket) with one row per file.
+
+    The ``path`` column is made relative to INPUT where it was given as a full URL or path.
+
+    Raises
+    ------
+    InputError
+        When the file cannot be read, has no ``path`` column, or lists a path twice.
+    """
+    try:
+        fs, path = storage.filesystem(url, storage_options)
+        with fs.open(path, "rb") as handle:
+            if path.lower().endswith((".parquet", ".pq")):
+                frame = pd.read_parquet(handle)
+            else:
+                frame = pd.read_csv(handle, dtype={"path": str, "speaker_id": str, "gender": str})
+    except FileNotFoundError as exc:
+        raise InputError(f"metadata {url} does not exist") from exc
+    except Exception as exc:  # noqa: BLE001 - any parser failure is the same problem to the user
+        raise InputError(f"metadata {url} cannot be read: {type(exc).__name__}: {exc}") from exc
+    if "path" not in frame.columns:
+        raise InputError(f"metadata {url} has no 'path' column (columns: {', '.join(map(str, frame.columns))})")
+    frame = frame.copy()
+    frame["path"] = [_relative_to_input(p, input_url) for p in frame["path"].astype(str)]
+    dupes = frame["path"][frame["path"].duplicated()].unique()
+    if len(dupes):
+        shown = ", ".join(dupes[:3]) + (" ..." if len(dupes) > 3 else "")
+        raise InputError(f"metadata {url} lists {len(dupes)} path(s) more than once: {shown}")
+    if "gender" in frame.columns:
+        frame["gender"] = frame["gender"].astype("string").str.strip().str.lower()
+        bad = sorted(set(frame["gender"].dropna()) - {"female", "male"})
+        if bad:
+            raise InputError(f"metadata {url}: column 'gender' must be 'female' or 'male', found {bad[:5]}")
+    if "speaker_id" in frame.columns:
+        frame["speaker_id"] = frame["speaker_id"].astype("string")
+    return frame.reset_index(drop=True)
+
+
+def _relative_to_input(path: str, input_url: str | None) -> str:
+    path = path.strip()
+    if input_url:
+        base = input_url.rstrip("/") + "/"
+        if path.startswith(base):
+            return path[len(base):]
+        if "://" not in input_url and path.startswith("/"):
+            import os
+
+            absolute = os.path.abspath(input_url).rstrip("/") + "/"
+            if path.startswith(absolute):
+                return path[len(absolute):]
+    return path.lstrip("./") if path.startswith("./") else path
+
+
+@dataclass
+class MetadataJoin:
+    """How the metadata rows matched the files found."""
+
+    by_path: dict[str, dict[str, Any]]
+    columns: list[str]
+    files_without_metadata: int
+    metadata_without_files: int
+    examples_missing_files: list[str]
+
+
+def join_metadata(corpus: Corpus, metadata: pd.DataFrame | None) -> MetadataJoin:
+    """Match metadata rows to discovered files by relative ``path``; count both kinds of orphan."""
+    if metadata is None:
+        return MetadataJoin({}, [], 0, 0, [])
+    found = {f.path for f in corpus.files}
+    rows = metadata.set_index("path", drop=False)
+    known = set(rows.index)
+    missing_files = sorted(known - found)
+    columns = [c for c in metadata.columns if c != "path"]
+    by_path = {
+        p: {c: _plain(v) for c, v in row.items() if c != "path"}
+        for p, row in rows.loc[sorted(known & found)].iterrows()
+    } if known & found else {}
+    return MetadataJoin(by_path=by_path, columns=columns,
+                        files_without_metadata=len(found - known),
+                        metadata_without_files=len(missing_files),
+                        examples_missing_files=missing_files[:5])
+
+
+def _plain(value: Any) -> Any:
+    """Turn pandas/numpy scalars (and NA) into plain Python values that pickle small."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    if hasattr(value, "item"):
+        return value.item()
+    return value
+
+
+def plan_batches(files: Sequence[AudioFile], *, target_audio_s: float,
+                 max_files: int) -> list[list[AudioFile]]:
+    """Split sorted files into consecutive batches of about ``target_audio_s`` seconds of audio.
+
+    The split depends only on the file list, so a rerun over the same corpus makes the same batches
+    (and so the same shard names). A file longer than the target is a batch of its own.
+    """
+    batches: list[list[AudioFile]] = []
+    current: list[AudioFile] = []
+    current_s = 0.0
+    for f in files:
+        if current and (current_s + f.estimated_s > target_audio_s or len(current) >= max_files):
+            batches.append(current)
+            current, current_s = [], 0.0
+        current.append(f)
+        current_s += f.estimated_s
+    if current:
+        batches.append(current)
+    return batches
+
+
+def batch_id_for(files: Sequence[AudioFile]) -> str:
+    """Deterministic id of a batch: a hash of its file ids."""
+    digest = hashlib.blake2b(digest_size=8)
+    for f in files:
+        digest.update(f.file_id.encode())
+    return digest.hexdigest()

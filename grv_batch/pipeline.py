@@ -1,0 +1,284 @@
+"""One batch of files, start to finish: audio in, one Parquet shard per table out.
+
+:func:`process_batch` is what a Dask task runs. It never raises for a bad file: every file of the
+batch becomes exactly one row of ``files``, ``ok`` or ``error``, and the batch ends by writing its
+completion record. Heavy state (the model ensemble) is loaded once per worker process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from grv_batch import storage
+from grv_batch.discovery import AudioFile
+
+#: Tables written per batch, in the order they are written; the completion record comes after.
+SHARD_TABLES = ("files", "features", "predictions")
+BATCHES_DIR = "_batches"
+
+#: Windows buffered before one ensemble predict; bounds memory (a 30 s window's log-mel is ~0.8 MB).
+PREDICT_CHUNK_WINDOWS = 64
+
+FILES_SCHEMA = pa.schema([
+    ("file_id", pa.string()),
+    ("path", pa.string()),
+    ("status", pa.string()),
+    ("error", pa.string()),
+    ("duration_s", pa.float64()),
+    ("sample_rate", pa.int64()),
+    ("channels", pa.int64()),
+    ("format", pa.string()),
+    ("subtype", pa.string()),
+    ("size_bytes", pa.int64()),
+    ("n_windows", pa.int64()),
+    ("speech_s", pa.float64()),
+    ("processing_s", pa.float64()),
+])
+
+
+@dataclass(frozen=True)
+class BatchTask:
+    """The work of one Dask task.
+
+    ``metadata[i]`` holds the metadata row of ``files[i]`` (None when the file has none).
+    """
+
+    batch_id: str
+    files: tuple[AudioFile, ...]
+    metadata: tuple[Mapping[str, Any] | None, ...]
+    shard_name: str = ""  # defaults to the batch id; sub-batches after a worker death differ
+
+    @property
+    def shard(self) -> str:
+        return self.shard_name or self.batch_id
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """Everything a task needs to know about the output, fixed by the client before submitting."""
+
+    out_url: str
+    metadata_schema: pa.Schema
+    member_names: tuple[str, ...]
+    compression: str = "zstd"
+    secrets: tuple[str, ...] = ()
+
+
+@dataclass
+class _FileResult:
+    row: dict[str, Any]
+    features: dict[str, Any] | None = None
+    windows: list[Any] = field(default_factory=list)
+    window_preds: list[dict[str, float]] = field(default_factory=list)
+
+
+def features_schema() -> pa.Schema:
+    """Schema of the ``features`` table: file id, scalar features, then the 128 mel means."""
+    from grv_batch.features import FEATURE_COLUMNS
+
+    return pa.schema([("file_id", pa.string())]
+                     + [(c, pa.float64()) for c in FEATURE_COLUMNS]
+                     + [("mel128", pa.list_(pa.float32(), 128))])
+
+
+def predictions_schema(member_names: Sequence[str], metadata_schema: pa.Schema) -> pa.Schema:
+    """Schema of ``predictions``: the SPEC columns, one probability per member, then metadata."""
+    fields = [("file_id", pa.string()), ("path", pa.string()), ("speaker_id", pa.string()),
+              ("p_male", pa.float64())]
+    fields += [(f"p_male_{m}", pa.float64()) for m in member_names]
+    fields += [("confidence", pa.float64()), ("label", pa.string()), ("reason", pa.string()),
+               ("speech_s", pa.float64()), ("duration_s", pa.float64()), ("n_windows", pa.int64())]
+    taken = {name for name, _ in fields}
+    fields += [(f.name, f.type) for f in metadata_schema if f.name not in taken]
+    return pa.schema(fields)
+
+
+def _limit_threads() -> None:
+    """One thread per worker process for the numeric libraries: processes give the parallelism."""
+    if os.environ.get("_GRV_THREADS_LIMITED"):
+        return
+    os.environ["_GRV_THREADS_LIMITED"] = "1"
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except Exception:  # noqa: BLE001 - best effort
+        pass
+
+
+def derive_speaker(path: str, pattern: str | None) -> str | None:
+    """Speaker id from a path with the job's regex (named group ``speaker``), or None."""
+    if not pattern:
+        return None
+    match = re.search(pattern, path)
+    return match.group("speaker") if match and match.groupdict().get("speaker") else None
+
+
+def process_batch(task: BatchTask, *, job, layout: OutputLayout,
+                  storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Analyse, predict and write one batch; return its completion record.
+
+    Parameters
+    ----------
+    task
+        The files of the batch and their metadata rows.
+    job
+        The resolved :class:`grv_batch.spec.JobSpec`.
+    layout
+        Output location and table schemas, fixed by the client.
+    storage_options
+        fsspec options for INPUT and OUT (credentials stay in memory, never written).
+
+    Returns
+    -------
+    dict
+        The completion record, also written to ``OUT/_batches/<batch_id>.json``.
+    """
+    import fsspec
+
+    from grv_batch.features import iter_windows, pool_windows
+    from grv_batch.models import load_ensemble
+    from grv_batch.stages.decode import DecodeError, probe
+
+    _limit_threads()
+    started = time.perf_counter()
+    options = dict(storage_options or {})
+    ensemble = load_ensemble(job.model.bundle, params=job.model)
+    analysis = job.analysis()
+    results: list[_FileResult] = []
+    pending: list[tuple[_FileResult, Any]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        import pandas as pd
+
+        frame = pd.DataFrame([{**w.features, "mel128": w.mel128} for _, w in pending])
+        preds = ensemble.predict_windows(frame, [w.logmel for _, w in pending])
+        for (result, window), (_, pred) in zip(pending, preds.iterrows(), strict=True):
+            result.window_preds.append({k: float(v) for k, v in pred.items()})
+            window.logmel = None  # the frames are no longer needed: free them now
+        pending.clear()
+
+    for audio_file, meta in zip(task.files, task.metadata, strict=True):
+        t0 = time.perf_counter()
+        row: dict[str, Any] = {"file_id": audio_file.file_id, "path": audio_file.path,
+                               "size_bytes": audio_file.size}
+        result = _FileResult(row=row)
+        try:
+            with fsspec.open(audio_file.url, "rb", **options) as source:
+                info = probe(source)
+                source.seek(0)
+                row.update(sample_rate=info.sample_rate, channels=info.channels,
+                           format=info.format, subtype=info.subtype)
+                for window in iter_windows(source, analysis):
+                    result.windows.append(window)
+                    pending.append((result, window))
+                    if len(pending) >= PREDICT_CHUNK_WINDOWS:
+                        flush()
+            if not result.windows:
+                raise DecodeError("no audio samples")
+            result.features = pool_windows(result.windows)
+            duration = float(sum(w.duration_s for w in result.windows))
+            row.update(status="ok", error=None, duration_s=duration,
+                       n_windows=len(result.windows),
+                       speech_s=float(sum(w.speech_s for w in result.windows)))
+        except DecodeError as exc:
+            _drop_pending(pending, result)
+            row.update(status="error", error=storage.redact_text(str(exc), layout.secrets))
+        except PermissionError:
+            _drop_pending(pending, result)
+            row.update(status="error", error="cannot open: permission denied")
+        except FileNotFoundError:
+            _drop_pending(pending, result)
+            row.update(status="error", error="file disappeared before it could be read")
+        except Exception as exc:  # noqa: BLE001 - one bad file must not take the batch with it
+            _drop_pending(pending, result)
+            last = traceback.extract_tb(exc.__traceback__)[-1]
+            message = f"could not be processed: {type(exc).__name__}: {exc} (at {os.path.basename(last.filename)}:{last.lineno})"
+            row.update(status="error", error=storage.redact_text(message, layout.secrets))
+        row["processing_s"] = time.perf_counter() - t0
+        results.append(result)
+    flush()
+
+    files_rows, feature_rows, prediction_rows = [], [], []
+    for result, meta in zip(results, task.metadata, strict=True):
+        row = result.row
+        files_rows.append(row)
+        if row.get("status") != "ok":
+            continue
+        feature_rows.append({"file_id": row["file_id"], **result.features})
+        import pandas as pd
+
+        decision = ensemble.combine_file(
+            pd.DataFrame(result.window_preds),
+            speech_s=np.array([w.speech_s for w in result.windows]),
+            params=job.model,
+        )
+        meta = dict(meta or {})
+        speaker = meta.pop("speaker_id", None) or derive_speaker(row["path"], job.speakers.from_path)
+        prediction_rows.append({
+            **meta,
+            "file_id": row["file_id"], "path": row["path"], "speaker_id": speaker,
+            **decision,
+            "speech_s": row["speech_s"], "duration_s": row["duration_s"],
+            "n_windows": row["n_windows"],
+        })
+
+    fs, out = storage.filesystem(layout.out_url, options)
+    shard = f"part-{task.shard}.parquet"
+    tables = {
+        "files": pa.Table.from_pylist(files_rows, schema=FILES_SCHEMA),
+        "features": pa.Table.from_pylist(feature_rows, schema=features_schema()),
+        "predictions": pa.Table.from_pylist(
+            prediction_rows, schema=predictions_schema(layout.member_names, layout.metadata_schema)),
+    }
+    for name in SHARD_TABLES:
+        if tables[name].num_rows:
+            storage.write_parquet_atomic(fs, storage.join(out, name, shard), tables[name],
+                                         compression=layout.compression)
+    record = {
+        "batch_id": task.batch_id,
+        "shard": task.shard,
+        "n_files": len(files_rows),
+        "n_ok": len(feature_rows),
+        "n_error": len(files_rows) - len(feature_rows),
+        "audio_s": float(sum(r.get("duration_s") or 0.0 for r in files_rows)),
+        "wall_s": time.perf_counter() - started,
+        "worker_pid": os.getpid(),
+        "model": ensemble.identity,
+    }
+    storage.write_json_atomic(fs, storage.join(out, BATCHES_DIR, f"{task.shard}.json"), record)
+    return record
+
+
+def _drop_pending(pending: list, result: _FileResult) -> None:
+    """Forget windows of a file that failed part-way, so no prediction is made for it."""
+    pending[:] = [(r, w) for r, w in pending if r is not result]
+    result.windows.clear()
+    result.window_preds.clear()
+
+
+def error_batch_record(task: BatchTask, *, layout: OutputLayout, reason: str,
+                       storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``error`` rows for every file of a task that could not run at all (its worker died)."""
+    fs, out = storage.filesystem(layout.out_url, storage_options)
+    rows = [{"file_id": f.file_id, "path": f.path, "status": "error", "error": reason,
+             "size_bytes": f.size} for f in task.files]
+    storage.write_parquet_atomic(fs, storage.join(out, "files", f"part-{task.shard}.parquet"),
+                                 pa.Table.from_pylist(rows, schema=FILES_SCHEMA),
+                                 compression=layout.compression)
+    record = {"batch_id": task.batch_id, "shard": task.shard, "n_files": len(rows), "n_ok": 0,
+              "n_error": len(rows), "audio_s": 0.0, "wall_s": 0.0, "worker_pid": None,
+              "model": None}
+    storage.write_json_atomic(fs, storage.join(out, BATCHES_DIR, f"{task.shard}.json"), record)
+    return record

@@ -1,0 +1,448 @@
+"""Running a job over a corpus on Dask: plan, resume, submit, account for every file, finish.
+
+The client never gathers data: each task writes its own shards and returns a small completion
+record. Exactly-once comes from deterministic shard names (a retried task overwrites its own
+shards) and completion records (a rerun skips batches that have one). ``_run.json`` is written
+last; its presence means the run completed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import os
+import platform
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from grv_batch import storage
+from grv_batch._version import __version__
+from grv_batch.discovery import (Corpus, InputError, batch_id_for, discover, join_metadata,
+                                 load_metadata, plan_batches)
+from grv_batch.pipeline import (BATCHES_DIR, SHARD_TABLES, BatchTask, OutputLayout,
+                                error_batch_record, process_batch)
+
+JOB_FILE = "_job.json"
+RUN_FILE = "_run.json"
+
+
+class OutputConflict(Exception):
+    """OUT belongs to a different job (or is not a grv-batch output)."""
+
+
+class IncompleteRun(Exception):
+    """After all tasks, some discovered file has no row (should never happen; refuses to finish)."""
+
+
+@dataclass
+class RunSummary:
+    """What a finished run reports back (also the heart of ``_run.json``)."""
+
+    out: str
+    n_files: int
+    n_ok: int
+    n_error: int
+    n_batches: int
+    n_batches_skipped: int
+    audio_s: float
+    wall_s: float
+    report: str | None = None
+    counts: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- cluster
+
+
+def _worker_environment() -> dict[str, str]:
+    """Environment for worker processes: one numeric thread each, quiet TensorFlow."""
+    return {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+            "NUMBA_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1",
+            "TF_NUM_INTEROP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+@contextlib.contextmanager
+def dask_client(execution, *, console=None) -> Iterator[Any]:
+    """A Dask client for ``execution``: the named scheduler, or a local cluster started here.
+
+    The local cluster is a cluster of worker *processes* (audio and model code holds the GIL) and is
+    shut down when the block ends.
+    """
+    from distributed import Client, LocalCluster
+
+    address = execution.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
+    if address:
+        with Client(address, timeout="30s") as client:
+            if console:
+                console.print(f"Using Dask scheduler {address} "
+                              f"(dashboard: {client.dashboard_link})")
+            yield client
+        return
+    env = _worker_environment()
+    for key, value in env.items():
+        os.environ.setdefault(key, value)  # inherited by spawned worker processes
+    workers = execution.workers or os.cpu_count() or 1
+    with LocalCluster(n_workers=workers, threads_per_worker=execution.threads_per_worker,
+                      processes=True, memory_limit=execution.memory_limit,
+                      dashboard_address=execution.dashboard_address) as cluster, \
+            Client(cluster) as client:
+        if console:
+            console.print(f"Started a local Dask cluster: {workers} worker process(es) "
+                          f"(dashboard: {client.dashboard_link})")
+        yield client
+
+
+# --------------------------------------------------------------------------- output ownership
+
+
+def _prepare_out(fs, out: str, job, *, input_url: str) -> bool:
+    """Check that OUT is ours (or new) and record the job in it. Returns True when resuming."""
+    job_path = storage.join(out, JOB_FILE)
+    fingerprint = job.fingerprint()
+    if storage.exists(fs, job_path):
+        existing = storage.read_json(fs, job_path)
+        same = existing.get("fingerprint") == fingerprint and existing.get("input") == input_url
+        if same:
+            return True
+        if not job.output.overwrite:
+            what = ("a different input" if existing.get("fingerprint") == fingerprint
+                    else "a different job")
+            raise OutputConflict(
+                f"OUT {out} holds the output of {what} (job {existing.get('fingerprint')}, input "
+                f"{existing.get('input')}); choose another OUT or pass --overwrite to replace it")
+        fs.rm(out, recursive=True)
+    elif storage.list_names(fs, out):
+        if not job.output.overwrite:
+            raise OutputConflict(f"OUT {out} is not empty and is not a grv-batch output; "
+                                 f"choose another OUT or pass --overwrite to replace it")
+        fs.rm(out, recursive=True)
+    fs.makedirs(out, exist_ok=True)
+    storage.write_json_atomic(fs, job_path, {
+        "fingerprint": fingerprint, "input": input_url, "grv_batch": __version__,
+        "created": _now(), "job": _redacted_job(job)})
+    return False
+
+
+def _redacted_job(job) -> dict[str, Any]:
+    data = job.model_dump(mode="json")
+    data["storage_options"] = storage.redact_options(job.storage_options)
+    return data
+
+
+def _shard_owner(name: str) -> str:
+    """Batch id that a shard or record name belongs to (``part-<id>[.<k>].parquet``)."""
+    stem = name.split(".parquet")[0].split(".json")[0]
+    stem = stem[len("part-"):] if stem.startswith("part-") else stem
+    return stem.split(".")[0]
+
+
+def _clean_unfinished(fs, out: str, done: set[str]) -> int:
+    """Delete shards and sub-batch records of batches without a completion record.
+
+    A batch interrupted part-way may have left some of its shards; they are rewritten when it runs
+    again, but its sub-batch shards (after a worker death) would not be, so all go.
+    """
+    removed = 0
+    for folder in (*SHARD_TABLES, BATCHES_DIR):
+        base = storage.join(out, folder)
+        for name in storage.list_names(fs, base):
+            if name.startswith(".tmp-"):
+                fs.rm(storage.join(base, name))
+                removed += 1
+                continue
+            if _shard_owner(name) not in done:
+                fs.rm(storage.join(base, name))
+                removed += 1
+    return removed
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | None = None,
+            console=None, progress: bool = True) -> RunSummary:
+    """Run ``job`` over every audio file under ``input_url`` and write the tables to ``out_url``.
+
+    Parameters
+    ----------
+    input_url
+        Local folder, single file, or fsspec URL.
+    out_url
+        Output folder or bucket prefix.
+    job
+        A validated :class:`grv_batch.spec.JobSpec`.
+    client
+        A ``distributed.Client``; the caller owns the cluster (see :func:`dask_client`).
+    metadata_url
+        Optional CSV/Parquet with a ``path`` column.
+
+    Raises
+    ------
+    InputError, OutputConflict
+        For unusable input or an OUT that belongs to another job.
+    """
+    started = time.perf_counter()
+    options = dict(job.storage_options)
+    secrets = tuple(storage.secret_values(options))
+    say = console.print if console else (lambda *a, **k: None)
+
+    corpus = discover(input_url, job.input, storage_options=options)
+    metadata = (load_metadata(metadata_url, input_url=input_url, storage_options=options)
+                if metadata_url else None)
+    joined = join_metadata(corpus, metadata)
+    if metadata is not None:
+        say(f"Metadata: {len(metadata)} rows; {joined.files_without_metadata} file(s) without a "
+            f"metadata row, {joined.metadata_without_files} row(s) without a file"
+            + (f" (e.g. {', '.join(joined.examples_missing_files[:3])})"
+               if joined.metadata_without_files else ""))
+
+    fs, out = storage.filesystem(out_url, options)
+    resuming = _prepare_out(fs, out, job, input_url=input_url)
+
+    from grv_batch.models import bundle_members
+
+    members = tuple(bundle_members(job.model.bundle, params=job.model))
+    meta_schema = _metadata_schema(metadata)
+    layout = OutputLayout(out_url=out_url, metadata_schema=meta_schema, member_names=members,
+                          compression=job.output.compression, secrets=secrets)
+
+    batches = plan_batches(corpus.files, target_audio_s=job.execution.batch_audio_s,
+                           max_files=job.execution.max_files_per_batch)
+    tasks = [BatchTask(batch_id=batch_id_for(b), files=tuple(b),
+                       metadata=tuple(joined.by_path.get(f.path) for f in b)) for b in batches]
+    done = {n[:-len(".json")] for n in storage.list_names(fs, storage.join(out, BATCHES_DIR))
+            if n.endswith(".json") and "." not in n[:-len(".json")]}
+    planned = {t.batch_id for t in tasks}
+    done &= planned
+    _clean_unfinished(fs, out, done)
+    pending = [t for t in tasks if t.batch_id not in done]
+    say(f"Found {len(corpus.files)} audio file(s) in {input_url}; {len(tasks)} batch(es)"
+        + (f", {len(done)} already done (resuming)" if resuming and done else ""))
+
+    records = _execute(client, pending, job=job, layout=layout, options=options, console=console,
+                       progress=progress)
+    counts = _account(fs, out, corpus)
+    speakers_n = _write_speakers(fs, out, job, options)
+    report_path = None
+    report_error = None
+    if job.output.write_report:
+        try:
+            from grv_batch.report import build_report
+
+            report_path = build_report(out_url, params=job.report, storage_options=options)
+        except Exception as exc:  # noqa: BLE001 - a failed report must not lose a finished run
+            report_error = storage.redact_text(f"{type(exc).__name__}: {exc}", secrets)
+            say(f"[yellow]Report could not be built: {report_error}[/yellow]")
+    wall = time.perf_counter() - started
+    model_identity = next((r.get("model") for r in records if r.get("model")), None)
+    if model_identity is None:
+        model_identity = _previous_identity(fs, out)
+    summary = RunSummary(out=out_url, n_files=counts["n_files"], n_ok=counts["n_ok"],
+                         n_error=counts["n_error"], n_batches=len(tasks),
+                         n_batches_skipped=len(tasks) - len(pending),
+                         audio_s=counts["audio_s"], wall_s=wall, report=report_path,
+                         counts={**counts, "n_speakers": speakers_n,
+                                 "files_without_metadata": joined.files_without_metadata,
+                                 "metadata_without_files": joined.metadata_without_files,
+                                 "unmatched_files": corpus.unmatched})
+    storage.write_json_atomic(fs, storage.join(out, RUN_FILE), {
+        "completed": _now(),
+        "input": input_url,
+        "metadata": metadata_url,
+        "job": _redacted_job(job),
+        "job_fingerprint": job.fingerprint(),
+        "model": model_identity,
+        "versions": _versions(),
+        "counts": summary.counts,
+        "batches": {"total": len(tasks), "run_now": len(pending),
+                    "skipped_as_done": len(tasks) - len(pending)},
+        "timings": {"wall_s": wall, "audio_s": counts["audio_s"],
+                    "realtime_factor": counts["audio_s"] / wall if wall else None,
+                    "task_wall_s": sum(r.get("wall_s") or 0.0 for r in records)},
+        "report": report_path,
+        "report_error": report_error,
+    })
+    return summary
+
+
+def _execute(client, tasks: list[BatchTask], *, job, layout: OutputLayout,
+             options: Mapping[str, Any], console, progress: bool) -> list[dict[str, Any]]:
+    """Submit every task, follow them with a progress bar, and recover from dead workers.
+
+    A task whose workers keep dying (``KilledWorker``) is split into one task per file; a file
+    whose task still kills its worker gets an ``error`` row saying so, and the rest go on.
+    """
+    from distributed import as_completed
+    from distributed.scheduler import KilledWorker
+
+    if not tasks:
+        return []
+    futures = {}
+    key_prefix = f"grv-{job.fingerprint()}"
+    for task in tasks:
+        future = client.submit(process_batch, task, job=job, layout=layout,
+                               storage_options=options, key=f"{key_prefix}-{task.shard}",
+                               retries=job.execution.retries, pure=False)
+        futures[future] = task
+    records: list[dict[str, Any]] = []
+    split_parents: dict[str, list[str]] = {}
+    bar = _progress(console, total=len(tasks), enabled=progress)
+    with bar as prog:
+        task_id = prog.add_task("batches", total=len(tasks)) if prog else None
+        completed = as_completed(list(futures))
+        for future in completed:
+            task = futures.pop(future)
+            try:
+                record = future.result()
+            except KilledWorker:
+                if len(task.files) > 1:
+                    for k, (f, meta) in enumerate(zip(task.files, task.metadata, strict=True)):
+                        sub = BatchTask(batch_id=task.batch_id, files=(f,), metadata=(meta,),
+                                        shard_name=f"{task.batch_id}.{k}")
+                        new = client.submit(process_batch, sub, job=job, layout=layout,
+                                            storage_options=options, retries=0, pure=False,
+                                            key=f"{key_prefix}-{sub.shard}")
+                        futures[new] = sub
+                        completed.add(new)
+                    split_parents[task.batch_id] = [f"{task.batch_id}.{k}"
+                                                    for k in range(len(task.files))]
+                    if console:
+                        console.print(f"[yellow]Workers died running batch {task.batch_id}; "
+                                      f"retrying its {len(task.files)} files one by one[/yellow]")
+                    continue
+                record = error_batch_record(
+                    task, layout=layout, storage_options=options,
+                    reason="the worker process died while processing this file, on every retry "
+                           "(it may crash the decoder or exhaust memory)")
+            records.append(record)
+            finished = (task.shard == task.batch_id
+                        or _maybe_close_parent(task.batch_id, split_parents, records, layout,
+                                               options))
+            if finished and prog is not None:
+                prog.update(task_id, advance=1)
+    return records
+
+
+def _maybe_close_parent(parent: str, split_parents: dict[str, list[str]],
+                        records: list[dict[str, Any]], layout: OutputLayout,
+                        options: Mapping[str, Any]) -> bool:
+    """Write the parent batch's completion record once all its one-file tasks are done.
+
+    Returns True when the parent is complete.
+    """
+    children = split_parents.get(parent)
+    if children is None:
+        return False
+    have = {r["shard"]: r for r in records if r.get("batch_id") == parent}
+    if not all(c in have for c in children):
+        return False
+    fs, out = storage.filesystem(layout.out_url, options)
+    kids = [have[c] for c in children]
+    storage.write_json_atomic(fs, storage.join(out, BATCHES_DIR, f"{parent}.json"), {
+        "batch_id": parent, "shard": parent, "children": children,
+        "n_files": sum(k["n_files"] for k in kids), "n_ok": sum(k["n_ok"] for k in kids),
+        "n_error": sum(k["n_error"] for k in kids), "audio_s": sum(k["audio_s"] for k in kids),
+        "wall_s": sum(k["wall_s"] for k in kids), "worker_pid": None,
+        "model": next((k["model"] for k in kids if k.get("model")), None)})
+    del split_parents[parent]
+    return True
+
+
+def _progress(console, *, total: int, enabled: bool):
+    if not enabled or console is None:
+        return contextlib.nullcontext(None)
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False)
+
+
+def read_table(fs, out: str, name: str, columns: list[str] | None = None) -> pa.Table:
+    """Read one output table (a folder of Parquet shards) as a single Arrow table."""
+    import pyarrow.dataset as ds
+
+    folder = storage.join(out, name)
+    if not storage.list_names(fs, folder):
+        return pa.table({c: pa.array([], pa.string()) for c in (columns or [])})
+    return ds.dataset(folder, filesystem=fs, format="parquet").to_table(columns=columns)
+
+
+def _account(fs, out: str, corpus: Corpus) -> dict[str, Any]:
+    """Check that every discovered file has exactly one row in ``files``; count the outcomes."""
+    table = read_table(fs, out, "files", ["file_id", "status", "duration_s"]).to_pandas()
+    expected = {f.file_id for f in corpus.files}
+    ids = table["file_id"]
+    duplicated = sorted(set(ids[ids.duplicated()]))
+    missing = sorted(expected - set(ids))
+    unexpected = sorted(set(ids) - expected)
+    if duplicated or missing or unexpected:
+        raise IncompleteRun(
+            f"files table does not match the corpus: {len(missing)} missing, {len(duplicated)} "
+            f"duplicated, {len(unexpected)} unexpected; run the same command again to repair")
+    ok = table["status"] == "ok"
+    return {"n_files": int(len(table)), "n_ok": int(ok.sum()), "n_error": int((~ok).sum()),
+            "audio_s": float(table.loc[ok, "duration_s"].sum())}
+
+
+def _write_speakers(fs, out: str, job, options: Mapping[str, Any]) -> int:
+    """Pool predictions per speaker into ``speakers`` (one shard, rewritten on every finish)."""
+    from grv_batch.speakers import aggregate_speakers
+
+    predictions = read_table(fs, out, "predictions").to_pandas()
+    speakers = aggregate_speakers(predictions, params=job.speakers)
+    folder = storage.join(out, "speakers")
+    storage.write_parquet_atomic(fs, storage.join(folder, "part-0.parquet"),
+                                 pa.Table.from_pandas(speakers, preserve_index=False),
+                                 compression=job.output.compression)
+    return int(len(speakers))
+
+
+def _metadata_schema(metadata) -> pa.Schema:
+    """Arrow types of the metadata columns carried into ``predictions`` (fixed for all shards)."""
+    if metadata is None:
+        return pa.schema([])
+    frame = metadata.drop(columns=["path"])
+    schema = pa.Schema.from_pandas(frame, preserve_index=False)
+    fields = []
+    for f in schema:
+        kind = f.type
+        if pa.types.is_null(kind) or pa.types.is_large_string(kind):
+            kind = pa.string()
+        if f.name in ("speaker_id", "gender"):
+            kind = pa.string()
+        fields.append(pa.field(f.name, kind))
+    return pa.schema(fields)
+
+
+def _previous_identity(fs, out: str) -> Any:
+    for name in storage.list_names(fs, storage.join(out, BATCHES_DIR)):
+        record = storage.read_json(fs, storage.join(out, BATCHES_DIR, name))
+        if record.get("model"):
+            return record["model"]
+    return None
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    names = ["grv-batch", "dask", "distributed", "librosa", "numpy", "pandas", "pyarrow", "keras",
+             "tensorflow-cpu", "tensorflow", "soundfile", "noisereduce", "soxr", "scikit-learn"]
+    found = {"python": platform.python_version()}
+    for name in names:
+        try:
+            found[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return found
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+__all__ = ["run_job", "dask_client", "RunSummary", "OutputConflict", "IncompleteRun", "InputError",
+           "read_table"]

@@ -1,0 +1,208 @@
+"""The job spec: every stage's parameters in one typed, validated TOML file.
+
+A job file has one table per stage (``[denoise]``, ``[features]``, ``[model]`` ...), each validated
+by that stage's own parameter model. Unknown keys and bad values are rejected with a message that
+names the key and what is allowed. Stages are chosen from fixed registries by name; a job file can
+never name code to import.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+
+from grv_batch._params import Params
+from grv_batch.discovery import InputParams
+from grv_batch.features import AnalysisParams
+from grv_batch.models.params import ModelParams
+from grv_batch.report.params import ReportParams
+from grv_batch.speakers import SpeakerParams
+from grv_batch.stages.decode import DecodeParams
+from grv_batch.stages.denoise import DenoiseParams
+from grv_batch.stages.normalize import NormalizeParams
+from grv_batch.stages.resample import ResampleParams
+from grv_batch.stages.segment import SegmentParams
+from grv_batch.stages.speech import SpeechParams
+from grv_batch.features import FeatureParams
+
+
+class ExecutionParams(Params):
+    """Where and how the work runs. Does not change results, so it is not part of the job identity.
+
+    Parameters
+    ----------
+    scheduler
+        Address of an existing Dask scheduler (``tcp://host:8786``). None starts a local cluster.
+    workers
+        Worker processes of the local cluster; None means one per core.
+    threads_per_worker
+        Threads per worker process. One is fastest for this CPU-bound work (measured in
+        ``docs/performance.md``); numeric libraries are pinned to one thread too.
+    memory_limit
+        Memory limit per local worker, as Dask understands it (``"auto"``, ``"2GiB"``).
+    batch_audio_s
+        Target seconds of audio per task; each task writes one shard per table.
+    max_files_per_batch
+        Upper bound of files per task, for corpora of very short clips.
+    retries
+        Times a failed task is retried (transient storage errors).
+    dashboard_address
+        Where the local cluster's dashboard listens.
+    """
+
+    scheduler: str | None = None
+    workers: int | None = Field(default=None, ge=1)
+    threads_per_worker: int = Field(default=1, ge=1)
+    memory_limit: str = "auto"
+    batch_audio_s: float = Field(default=300.0, gt=0)
+    max_files_per_batch: int = Field(default=200, ge=1)
+    retries: int = Field(default=2, ge=0)
+    dashboard_address: str = ":8787"
+
+
+class OutputParams(Params):
+    """How OUT is written.
+
+    Parameters
+    ----------
+    overwrite
+        Replace an OUT that belongs to a different job instead of refusing.
+    compression
+        Parquet compression codec.
+    write_report
+        Build ``OUT/report/`` (fairness and evaluation report) at the end of the run.
+    """
+
+    overwrite: bool = False
+    write_report: bool = True
+    compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+
+
+class JobSpec(Params):
+    """A whole job. Every table of the TOML file is one field here."""
+
+    name: str = "default"
+    input: InputParams = InputParams()
+    decode: DecodeParams = DecodeParams()
+    resample: ResampleParams = ResampleParams()
+    denoise: DenoiseParams = DenoiseParams()
+    normalize: NormalizeParams = NormalizeParams()
+    speech: SpeechParams = SpeechParams()
+    segment: SegmentParams = SegmentParams()
+    features: FeatureParams = FeatureParams()
+    model: ModelParams = ModelParams()
+    speakers: SpeakerParams = SpeakerParams()
+    report: ReportParams = ReportParams()
+    execution: ExecutionParams = ExecutionParams()
+    output: OutputParams = OutputParams()
+    storage_options: dict[str, Any] = {}
+
+    def analysis(self) -> AnalysisParams:
+        """The audio-analysis part of the job, as the feature extractor takes it."""
+        return AnalysisParams(decode=self.decode, resample=self.resample, denoise=self.denoise,
+                              normalize=self.normalize, speech=self.speech, segment=self.segment,
+                              features=self.features)
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that change results: two runs agree on these or must not share OUT."""
+        data = self.model_dump(mode="json")
+        for key in ("name", "execution", "output", "storage_options", "report"):
+            data.pop(key, None)
+        return data
+
+    def fingerprint(self) -> str:
+        """Short hash of :meth:`identity`."""
+        blob = json.dumps(self.identity(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class JobError(Exception):
+    """The job file or an override is invalid; the message names the key and what is allowed."""
+
+
+def load_job(path: str | Path | None = None, *, overrides: Mapping[str, Any] | None = None) -> JobSpec:
+    """Read and validate a job file, then apply command-line overrides.
+
+    Parameters
+    ----------
+    path
+        TOML job file; None uses the defaults (identical to ``jobs/default.toml``).
+    overrides
+        Nested mapping merged over the file, e.g. ``{"execution": {"workers": 2}}``.
+
+    Raises
+    ------
+    JobError
+        With a message naming each bad key.
+    """
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            with open(path, "rb") as handle:
+                data = tomllib.load(handle)
+        except FileNotFoundError as exc:
+            raise JobError(f"job file {path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise JobError(f"job file {path} is not valid TOML: {exc}") from exc
+    data = _merge(data, dict(overrides or {}))
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise JobError(f"job {source}: " + "; ".join(_describe(err) for err in exc.errors())) from exc
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    """One validation error as ``[table].key: what is wrong (allowed: ...)``."""
+    loc = [str(part) for part in error["loc"]]
+    where = f"[{loc[0]}]" + ("." + ".".join(loc[1:]) if len(loc) > 1 else "") if loc else "job"
+    if error["type"] == "extra_forbidden":
+        allowed = _allowed_keys(error["loc"][:-1])
+        return f"{where}: unknown key (allowed: {', '.join(allowed)})"
+    message = error["msg"]
+    if error["type"] == "literal_error":
+        return f"{where}: {message}"
+    return f"{where}: {message} (got {error.get('input')!r})"
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = JobSpec
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+    return sorted(getattr(model, "model_fields", {}))
+
+
+def default_job_toml() -> str:
+    """The default job as TOML text (what ``jobs/default.toml`` holds, without its comments)."""
+    lines: list[str] = []
+    spec = JobSpec().model_dump(mode="json")
+    lines.append(f'name = "{spec.pop("name")}"')
+    spec.pop("storage_options")
+    for table, values in spec.items():
+        lines.append(f"\n[{table}]")
+        for key, value in values.items():
+            if value is None:
+                lines.append(f"# {key} = (not set)")
+            else:
+                lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"

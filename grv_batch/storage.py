@@ -1,0 +1,162 @@
+"""Filesystem access through fsspec: local folders and buckets alike.
+
+Everything that touches OUT or INPUT goes through here, so that atomic writes and the redaction of
+credentials are done in one place.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+import re
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+#: Storage options whose values may be shown (in ``_run.json`` and logs). Every other value is
+#: treated as a secret, because fsspec back ends name credentials inconsistently.
+PUBLIC_OPTION_KEYS = frozenset(
+    {"endpoint_url", "region_name", "anon", "use_ssl", "requester_pays", "default_block_size",
+     "profile", "version_aware", "default_fill_cache"}
+)
+
+REDACTED = "***"
+
+
+def parse_storage_options(pairs: Iterable[str]) -> dict[str, Any]:
+    """Parse ``KEY=VALUE`` strings from the command line into fsspec storage options.
+
+    ``true``/``false`` become booleans and integers become ``int``; everything else stays a string.
+    A dotted key (``client_kwargs.region_name=eu-west-1``) makes a nested dictionary.
+    """
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"storage option {pair!r} is not of the form KEY=VALUE")
+        value: Any = raw
+        if raw.lower() in {"true", "false"}:
+            value = raw.lower() == "true"
+        elif re.fullmatch(r"-?\d+", raw):
+            value = int(raw)
+        target = options
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return options
+
+
+def secret_values(options: Mapping[str, Any]) -> list[str]:
+    """Every string value in ``options`` that is not known to be public, longest first."""
+    found: list[str] = []
+    for key, value in options.items():
+        if isinstance(value, Mapping):
+            found.extend(secret_values(value))
+        elif key not in PUBLIC_OPTION_KEYS and isinstance(value, str) and value:
+            found.append(value)
+    return sorted(set(found), key=len, reverse=True)
+
+
+def redact_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``options`` safe to write anywhere: non-public values replaced by ``***``."""
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if isinstance(value, Mapping):
+            out[key] = redact_options(value)
+        elif key in PUBLIC_OPTION_KEYS:
+            out[key] = value
+        else:
+            out[key] = REDACTED
+    return out
+
+
+def redact_text(text: str, secrets: Iterable[str]) -> str:
+    """Replace every occurrence of a secret in ``text`` (error messages may echo request data)."""
+    for secret in secrets:
+        if len(secret) >= 3:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def filesystem(url: str, storage_options: Mapping[str, Any] | None = None):
+    """Return ``(fs, path)`` for a local path or any fsspec URL."""
+    fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    return fs, path.rstrip("/") or path
+
+
+def join(*parts: str) -> str:
+    """Join path parts with ``/`` (fsspec paths are POSIX-like on every back end)."""
+    return posixpath.join(*parts)
+
+
+def write_bytes_atomic(fs, path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers never see a partial file.
+
+    The data goes to a hidden temporary name in the same folder first; Arrow datasets ignore names
+    starting with ``.``. On object stores the final PUT is atomic by itself.
+    """
+    parent = posixpath.dirname(path) if "/" in path else ""
+    if _is_local(fs):
+        import os
+
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = os.path.join(os.path.dirname(path), f".tmp-{uuid.uuid4().hex}-{os.path.basename(path)}")
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    else:
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        fs.pipe_file(path, data)
+
+
+def write_parquet_atomic(fs, path: str, table: pa.Table, *, compression: str = "zstd") -> None:
+    """Write one Arrow table as a Parquet file at ``path``, atomically."""
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression=None if compression == "none" else compression)
+    write_bytes_atomic(fs, path, sink.getvalue())
+
+
+def write_json_atomic(fs, path: str, payload: Any) -> None:
+    """Write ``payload`` as indented JSON at ``path``, atomically."""
+    write_bytes_atomic(fs, path, json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
+
+
+def read_json(fs, path: str) -> Any:
+    """Read a JSON file."""
+    with fs.open(path, "rb") as handle:
+        return json.loads(handle.read())
+
+
+def exists(fs, path: str) -> bool:
+    """``fs.exists`` without stale listings on object stores."""
+    try:
+        fs.invalidate_cache(path)
+    except Exception:  # noqa: BLE001 - not every filesystem caches
+        pass
+    return fs.exists(path)
+
+
+def list_names(fs, folder: str) -> list[str]:
+    """Base names of the files directly in ``folder`` (empty when it does not exist)."""
+    try:
+        fs.invalidate_cache(folder)
+    except Exception:  # noqa: BLE001
+        pass
+    if not fs.exists(folder):
+        return []
+    return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(folder, detail=False))
+
+
+def _is_local(fs) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocol or "local" in protocol
