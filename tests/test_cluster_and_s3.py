@@ -1,0 +1,88 @@
+"""Against real servers: a ``dask scheduler`` with ``dask worker`` processes, and moto's S3 server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pandas as pd
+import pytest
+
+from conftest import BIN, grv, make_mixed_corpus, read_table
+
+pytestmark = pytest.mark.slow
+
+
+def test_existing_cluster_survives_a_killed_worker(tmp_path, dask_cluster):
+    corpus = tmp_path / "corpus"
+    meta = make_mixed_corpus(corpus, n_voices=30, broken=True, seed=5)
+    job = tmp_path / "job.toml"
+    job.write_text("[execution]\nmax_files_per_batch = 1\n")
+    out = tmp_path / "out"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "DASK_SCHEDULER_ADDRESS": dask_cluster["address"]}  # the variable, not the flag
+    client = subprocess.Popen(
+        [str(BIN / "grv-batch"), "run", str(corpus), "--out", str(out), "--job", str(job),
+         "--metadata", str(meta), "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    records = out / "_batches"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (records.exists() and len(list(records.glob("*.json"))) >= 3):
+        time.sleep(0.1)
+    victim = dask_cluster["workers"][0]
+    os.kill(victim.pid, signal.SIGKILL)  # mid-run, while it holds tasks
+    stdout, stderr = client.communicate(timeout=600)
+    assert client.returncode == 0, stderr
+    assert dask_cluster["address"] in stderr
+    files = read_table(out, "files")
+    expected = pd.read_csv(meta)["path"]
+    assert sorted(files["path"]) == sorted(expected)
+    assert files["file_id"].is_unique
+    predictions = read_table(out, "predictions")
+    assert predictions["file_id"].is_unique
+    assert set(predictions["file_id"]) == set(files.loc[files["status"] == "ok", "file_id"])
+    assert victim.poll() is not None  # it really died, and the run finished on the other worker
+
+
+SECRET = "s3cr3t-Zq81-do-not-leak"
+
+
+def test_bucket_in_bucket_out_and_no_secret_anywhere(tmp_path, moto_server):
+    import s3fs
+
+    opts = {"endpoint_url": moto_server, "key": "testing-key-id", "secret": SECRET}
+    fs = s3fs.S3FileSystem(**opts)
+    fs.mkdir("corpus-bucket")
+    fs.mkdir("out-bucket")
+    local = tmp_path / "corpus"
+    meta = make_mixed_corpus(local, n_voices=4, broken=True)
+    fs.put(str(local) + "/", "corpus-bucket/in/", recursive=True)
+    assert fs.find("corpus-bucket/in")
+    proc = grv("run", "s3://corpus-bucket/in/", "--out", "s3://out-bucket/run1",
+               "--metadata", "s3://corpus-bucket/in/metadata.csv", "--workers", "2",
+               "--storage-option", f"endpoint_url={moto_server}",
+               "--storage-option", "key=testing-key-id",
+               "--storage-option", f"secret={SECRET}", "--no-progress")
+    logs = proc.stdout + proc.stderr
+    assert SECRET not in logs
+    fs.invalidate_cache()
+    objects = fs.find("out-bucket/run1")
+    assert any(o.endswith("_run.json") for o in objects)
+    for obj in objects:
+        assert SECRET.encode() not in fs.cat(obj), obj
+    files = pd.concat([pd.read_parquet(fs.open(o)) for o in objects if "/files/part-" in o])
+    assert sorted(files["path"]) == sorted(pd.read_csv(meta)["path"])
+    assert files["file_id"].is_unique
+    run = json.loads(fs.cat("out-bucket/run1/_run.json"))
+    assert run["job"]["storage_options"]["secret"] == "***"
+    assert run["job"]["storage_options"]["endpoint_url"] == moto_server
+
+    # The report can be rebuilt from the bucket without audio.
+    again = grv("report", "s3://out-bucket/run1", "--storage-option", f"endpoint_url={moto_server}",
+                "--storage-option", "key=testing-key-id", "--storage-option", f"secret={SECRET}")
+    assert SECRET not in again.stdout + again.stderr
+    fs.invalidate_cache()
+    assert fs.exists("out-bucket/run1/report/report.html")

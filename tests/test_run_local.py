@@ -1,0 +1,198 @@
+"""End to end through the real ``grv-batch`` command on a local cluster of worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import BIN, grv, make_mixed_corpus, read_table
+
+pytestmark = pytest.mark.slow
+
+BROKEN_REASONS = {
+    "broken/empty.wav": "empty",
+    "broken/text.wav": "not a readable audio file",
+    "broken/header_only.wav": "no audio",
+    "broken/nan.wav": "non-finite",
+}
+
+
+def test_mixed_corpus_every_file_exactly_once(mixed_corpus, tmp_path):
+    corpus, meta = mixed_corpus
+    out = tmp_path / "out"
+    proc = grv("run", str(corpus), "--out", str(out), "--metadata", str(meta), "--workers", "2",
+               "--no-progress")
+    assert proc.returncode == 0
+    files = read_table(out, "files")
+    expected = pd.read_csv(meta)["path"]
+    assert sorted(files["path"]) == sorted(expected)
+    assert files["file_id"].is_unique
+    by_path = files.set_index("path")
+    for path, fragment in BROKEN_REASONS.items():
+        assert by_path.loc[path, "status"] == "error", path
+        assert fragment in by_path.loc[path, "error"].lower(), (path, by_path.loc[path, "error"])
+    assert by_path.loc["broken/truncated.flac", "status"] == "error" or \
+        by_path.loc["broken/truncated.flac", "duration_s"] < 3.0
+
+    real = files[files["path"].str.startswith("spk")]
+    assert (real["status"] == "ok").all(), real[["path", "error"]]
+    stereo = by_path.loc["spk01/clip.wav"]
+    assert stereo["channels"] == 2 and stereo["sample_rate"] == 44100
+    assert by_path.loc["spk03/clip.mp3", "sample_rate"] == 48000
+    assert by_path.loc["spk04/clip.wav", "sample_rate"] == 8000
+
+    ok_ids = set(files.loc[files["status"] == "ok", "file_id"])
+    features = read_table(out, "features")
+    predictions = read_table(out, "predictions")
+    assert set(features["file_id"]) == ok_ids and features["file_id"].is_unique
+    assert set(predictions["file_id"]) == ok_ids and predictions["file_id"].is_unique
+    for column in ("file_id", "path", "speaker_id", "p_male", "confidence", "label", "reason"):
+        assert column in predictions.columns
+    assert [c for c in predictions.columns if c.startswith("p_male_")], "no member columns"
+    assert predictions["p_male"].between(0, 1).all()
+    assert set(predictions["label"]) <= {"female", "male", "uncertain"}
+    assert (predictions.loc[predictions["label"] != "uncertain", "reason"].isna()).all()
+    assert predictions.loc[predictions["label"] == "uncertain", "reason"].notna().all()
+    quiet = predictions.set_index("path").loc[["broken/silence.wav", "broken/click.wav"]]
+    for path, row in quiet.iterrows():
+        assert row["label"] == "uncertain" and row["reason"] == "too_little_speech", path
+    assert "condition" in predictions.columns  # metadata carried
+
+    speakers = read_table(out, "speakers")
+    for column in ("speaker_id", "n_files", "n_confident", "p_male", "confidence", "label"):
+        assert column in speakers.columns
+    assert set(speakers["speaker_id"]) == {f"spk{i:02d}" for i in range(8)}
+
+    run = json.loads((out / "_run.json").read_text())
+    assert run["counts"]["n_files"] == len(expected)
+    assert run["model"]["bundle"]
+    assert (out / "report" / "report.html").exists()
+    assert (out / "report" / "groups.parquet").exists()
+
+    # The same command again resumes: nothing is redone, nothing is duplicated.
+    again = grv("run", str(corpus), "--out", str(out), "--metadata", str(meta), "--workers", "1",
+                "--no-progress")
+    run2 = json.loads((out / "_run.json").read_text())
+    assert run2["batches"]["run_now"] == 0
+    assert read_table(out, "files")["file_id"].is_unique
+    assert "already done" in again.stderr
+
+    # Another job over the same OUT is refused with a one-line reason.
+    job = tmp_path / "other.toml"
+    job.write_text("[denoise]\nenabled = false\n")
+    refused = grv("run", str(corpus), "--out", str(out), "--job", str(job), check=False)
+    assert refused.returncode != 0
+    assert "different job" in refused.stderr and "--overwrite" in refused.stderr
+
+
+def test_tables_readable_by_pandas_pyarrow_and_duckdb(mixed_corpus, tmp_path):
+    corpus, meta = mixed_corpus
+    out = tmp_path / "out"
+    grv("run", str(corpus), "--out", str(out), "--workers", "1", "--no-progress")
+    import duckdb
+    import pyarrow.dataset as ds
+
+    for name in ("files", "features", "predictions", "speakers"):
+        n_pa = ds.dataset(str(out / name)).count_rows()
+        n_pd = len(pd.read_parquet(out / name))
+        n_db = duckdb.sql(f"select count(*) from read_parquet('{out}/{name}/**/*.parquet')").fetchone()[0]
+        assert n_pa == n_pd == n_db, name
+    # Without metadata there is no ground truth and no speaker unless the job derives one.
+    predictions = read_table(out, "predictions")
+    assert predictions["speaker_id"].isna().all()
+
+
+def test_speakers_from_path_pattern(tmp_path):
+    corpus = tmp_path / "corpus"
+    make_mixed_corpus(corpus, n_voices=4, broken=False)
+    job = tmp_path / "job.toml"
+    job.write_text('[speakers]\nfrom_path = "^(?P<speaker>spk\\\\d+)/"\n')
+    out = tmp_path / "out"
+    grv("run", str(corpus), "--out", str(out), "--job", str(job), "--workers", "1", "--no-progress")
+    speakers = read_table(out, "speakers")
+    assert sorted(speakers["speaker_id"]) == ["spk00", "spk01", "spk02", "spk03"]
+
+
+@pytest.mark.parametrize("problem, message", [
+    ("missing", "does not exist"),
+    ("empty", "holds no audio file"),
+    ("dupe-metadata", "more than once"),
+    ("bad-metadata", "cannot be read"),
+    ("bad-job", "unknown key"),
+])
+def test_unusable_arguments_stop_with_one_line(tmp_path, problem, message):
+    corpus = tmp_path / "corpus"
+    meta = make_mixed_corpus(corpus, n_voices=2, broken=False)
+    args = [str(corpus), "--out", str(tmp_path / "out")]
+    if problem == "missing":
+        args[0] = str(tmp_path / "nope")
+    elif problem == "empty":
+        (tmp_path / "void").mkdir()
+        args[0] = str(tmp_path / "void")
+    elif problem == "dupe-metadata":
+        frame = pd.read_csv(meta)
+        pd.concat([frame, frame.iloc[:1]]).to_csv(meta, index=False)
+        args += ["--metadata", str(meta)]
+    elif problem == "bad-metadata":
+        meta.write_bytes(b"\x00\x01\x02garbage")
+        args += ["--metadata", str(meta.with_suffix(".parquet"))]
+        meta.rename(meta.with_suffix(".parquet"))
+    elif problem == "bad-job":
+        job = tmp_path / "job.toml"
+        job.write_text("[denoise]\nprop_decreas = 0.5\n")
+        args += ["--job", str(job)]
+    proc = grv("run", *args, check=False)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert message in lines[0]
+
+
+def test_interrupted_run_resumes_exactly_once(tmp_path):
+    corpus = tmp_path / "corpus"
+    make_mixed_corpus(corpus, n_voices=24, broken=True, seed=3)
+    job = tmp_path / "small-batches.toml"
+    job.write_text("[execution]\nbatch_audio_s = 4.0\nmax_files_per_batch = 1\n")
+    out = tmp_path / "out"
+    cmd = [str(BIN / "grv-batch"), "run", str(corpus), "--out", str(out), "--job", str(job),
+           "--workers", "1", "--no-progress"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    t0 = time.monotonic()
+    full = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    full_s = time.monotonic() - t0
+    assert full.returncode == 0, full.stderr
+    n_batches = json.loads((out / "_run.json").read_text())["batches"]["total"]
+
+    out2 = tmp_path / "out2"
+    cmd2 = [c if c != str(out) else str(out2) for c in cmd]
+    client = subprocess.Popen(cmd2, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                              start_new_session=True)
+    records = out2 / "_batches"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if records.exists() and len(list(records.glob("*.json"))) >= n_batches // 2:
+            break
+        time.sleep(0.2)
+    os.killpg(client.pid, signal.SIGKILL)  # the client and its local cluster die at once
+    client.wait()
+    assert not (out2 / "_run.json").exists()
+    t0 = time.monotonic()
+    resumed = subprocess.run(cmd2, capture_output=True, text=True, env=env, timeout=600)
+    resumed_s = time.monotonic() - t0
+    assert resumed.returncode == 0, resumed.stderr
+    run = json.loads((out2 / "_run.json").read_text())
+    assert run["batches"]["skipped_as_done"] >= n_batches // 2
+    files = read_table(out2, "files")
+    assert files["file_id"].is_unique and len(files) == len(read_table(out, "files"))
+    assert read_table(out2, "predictions")["file_id"].is_unique
+    # Less work, not just less time: the resumed run's tasks did a fraction of the full run's.
+    full_work = json.loads((out / "_run.json").read_text())["timings"]["task_wall_s"]
+    assert run["timings"]["task_wall_s"] < 0.75 * full_work
+    print(f"full run {full_s:.1f} s, resumed after kill {resumed_s:.1f} s")
