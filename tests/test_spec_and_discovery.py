@@ -1,0 +1,168 @@
+"""Job spec validation, discovery, metadata join, batch planning and secret redaction."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from grv_batch import storage
+from grv_batch.discovery import (InputError, InputParams, batch_id_for, discover, file_id_for,
+                                 join_metadata, load_metadata, plan_batches)
+from grv_batch.spec import JobError, JobSpec, load_job
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_default_job_file_is_the_default():
+    assert load_job(REPO / "jobs" / "default.toml") == JobSpec()
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "jobs").glob("*.toml")))
+def test_every_shipped_job_file_is_valid(name):
+    load_job(REPO / "jobs" / name)
+
+
+def test_unknown_key_names_the_key_and_what_is_allowed(tmp_path):
+    job = tmp_path / "job.toml"
+    job.write_text("[denoise]\nprop_decreas = 0.5\n")
+    with pytest.raises(JobError) as err:
+        load_job(job)
+    message = str(err.value)
+    assert "[denoise].prop_decreas" in message and "unknown key" in message
+    assert "prop_decrease" in message  # what is allowed
+
+
+def test_unknown_table_and_bad_values_are_rejected(tmp_path):
+    job = tmp_path / "job.toml"
+    job.write_text("[stages]\nx = 1\n[execution]\nworkers = 0\n[output]\ncompression = 'lz4'\n")
+    with pytest.raises(JobError) as err:
+        load_job(job)
+    message = str(err.value)
+    assert "[stages]" in message and "[execution].workers" in message
+    assert "[output].compression" in message and "zstd" in message
+
+
+def test_command_line_overrides_the_file(tmp_path):
+    job = tmp_path / "job.toml"
+    job.write_text("[execution]\nworkers = 3\n")
+    assert load_job(job, overrides={"execution": {"workers": 1}}).execution.workers == 1
+
+
+def test_job_identity_ignores_execution_but_not_stages():
+    base = JobSpec()
+    assert load_job(overrides={"execution": {"workers": 7}}).fingerprint() == base.fingerprint()
+    assert load_job(overrides={"denoise": {"enabled": False}}).fingerprint() != base.fingerprint()
+
+
+def test_no_job_key_names_code_to_import():
+    # Stages come from fixed registries: nothing in the default job is a dotted import path.
+    text = (REPO / "jobs" / "default.toml").read_text()
+    data = tomllib.loads(text)
+
+    def walk(value):
+        if isinstance(value, dict):
+            for v in value.values():
+                yield from walk(v)
+        elif isinstance(value, list):
+            for v in value:
+                yield from walk(v)
+        else:
+            yield value
+
+    assert not [v for v in walk(data) if isinstance(v, str) and v.count(".") >= 2 and ":" in v]
+
+
+def _touch(root: Path, rel: str, size: int = 100) -> None:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * size)
+
+
+def test_discovery_is_recursive_case_insensitive_and_stable(tmp_path):
+    for rel in ["a/1.WAV", "a/b/2.flac", "c/3.mp3", "notes.txt", "d/4.sph", "e/5.ogg"]:
+        _touch(tmp_path, rel)
+    corpus = discover(str(tmp_path))
+    assert [f.path for f in corpus.files] == ["a/1.WAV", "a/b/2.flac", "c/3.mp3", "d/4.sph", "e/5.ogg"]
+    assert corpus.unmatched == 1
+    assert corpus.files[0].file_id == file_id_for("a/1.WAV")
+    assert discover(str(tmp_path)).files == corpus.files
+    only = discover(str(tmp_path), InputParams(patterns=["*.flac"], exclude=[]))
+    assert [f.path for f in only.files] == ["a/b/2.flac"]
+    single = discover(str(tmp_path / "c" / "3.mp3"))
+    assert [f.path for f in single.files] == ["3.mp3"]
+
+
+def test_missing_and_empty_input(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        discover(str(tmp_path / "absent"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="holds no audio"):
+        discover(str(tmp_path / "empty"))
+
+
+def test_metadata_join_counts_orphans_both_ways(tmp_path):
+    for rel in ["a.wav", "b.wav", "c.wav"]:
+        _touch(tmp_path / "in", rel)
+    meta = tmp_path / "meta.csv"
+    pd.DataFrame({"path": ["a.wav", "b.wav", "zzz.wav"], "gender": ["Female", "male", "male"],
+                  "speaker_id": ["s1", "s2", "s3"], "age": [30, None, 40]}).to_csv(meta, index=False)
+    frame = load_metadata(str(meta), input_url=str(tmp_path / "in"))
+    assert list(frame["gender"]) == ["female", "male", "male"]
+    joined = join_metadata(discover(str(tmp_path / "in")), frame)
+    assert joined.files_without_metadata == 1 and joined.metadata_without_files == 1
+    assert joined.by_path["a.wav"]["speaker_id"] == "s1"
+    assert joined.by_path["b.wav"]["age"] is None
+
+
+def test_metadata_paths_given_as_full_paths_are_made_relative(tmp_path):
+    _touch(tmp_path / "in", "x/a.wav")
+    meta = tmp_path / "meta.parquet"
+    pd.DataFrame({"path": [str(tmp_path / "in" / "x" / "a.wav")]}).to_parquet(meta)
+    frame = load_metadata(str(meta), input_url=str(tmp_path / "in"))
+    assert list(frame["path"]) == ["x/a.wav"]
+
+
+def test_metadata_problems_stop_the_run(tmp_path):
+    meta = tmp_path / "m.csv"
+    meta.write_text("path,gender\na.wav,female\na.wav,male\n")
+    with pytest.raises(InputError, match="more than once"):
+        load_metadata(str(meta))
+    meta.write_text("file,gender\na.wav,female\n")
+    with pytest.raises(InputError, match="no 'path' column"):
+        load_metadata(str(meta))
+    meta.write_text("path,gender\na.wav,woman\n")
+    with pytest.raises(InputError, match="'female' or 'male'"):
+        load_metadata(str(meta))
+    with pytest.raises(InputError, match="does not exist"):
+        load_metadata(str(tmp_path / "nope.csv"))
+
+
+def test_batches_are_deterministic_and_balanced(tmp_path):
+    for i in range(20):
+        _touch(tmp_path, f"{i:02d}.wav", size=32_000 * (1 + i % 4))  # 1-4 s each
+    _touch(tmp_path, "long.wav", size=32_000 * 100)
+    files = discover(str(tmp_path)).files
+    batches = plan_batches(files, target_audio_s=10, max_files=100)
+    assert sum(len(b) for b in batches) == len(files)
+    assert [f.path for b in batches for f in b] == [f.path for f in files]
+    assert any(len(b) == 1 and b[0].path == "long.wav" for b in batches)
+    assert all(sum(f.estimated_s for f in b) <= 10 or len(b) == 1 for b in batches)
+    again = plan_batches(discover(str(tmp_path)).files, target_audio_s=10, max_files=100)
+    assert [batch_id_for(b) for b in again] == [batch_id_for(b) for b in batches]
+
+
+def test_storage_options_parse_and_redact():
+    options = storage.parse_storage_options(
+        ["endpoint_url=http://localhost:9000", "key=AKIA123", "secret=shh-123", "anon=false",
+         "client_kwargs.region_name=eu-west-1"])
+    assert options["anon"] is False and options["client_kwargs"] == {"region_name": "eu-west-1"}
+    shown = storage.redact_options(options)
+    assert shown["endpoint_url"] == "http://localhost:9000"
+    assert shown["key"] == shown["secret"] == "***"
+    assert storage.redact_text("denied for shh-123 at x", storage.secret_values(options)) == \
+        "denied for *** at x"
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        storage.parse_storage_options(["novalue"])
