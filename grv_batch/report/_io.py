@@ -1,0 +1,97 @@
+"""Reading the run's tables and writing the report, through fsspec (local folders or buckets)."""
+
+from __future__ import annotations
+
+import io
+import posixpath
+
+import fsspec
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def _fs(url: str, storage_options: dict | None) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    return fs, path
+
+
+def join_url(base: str, *parts: str) -> str:
+    """``base/part/...`` for local paths and URLs alike."""
+    return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
+
+
+def read_table(out: str, name: str, storage_options: dict | None = None) -> pd.DataFrame | None:
+    """One Parquet dataset of OUT as a DataFrame; ``None`` when the table does not exist."""
+    return read_dataset(join_url(out, name), storage_options)
+
+
+def read_dataset(url: str, storage_options: dict | None = None) -> pd.DataFrame | None:
+    """A Parquet file or a folder of Parquet files as a DataFrame; ``None`` when absent or empty.
+
+    Shards are read one by one and concatenated with schema promotion, so a metadata column that
+    is all-null in one shard and typed in another is not an error.
+    """
+    fs, root = _fs(url, storage_options)
+    if not fs.exists(root):
+        return None
+    if fs.isfile(root):
+        files = [root]
+    else:
+        files = sorted(
+            p for p in fs.find(root) if p.endswith(".parquet") and not posixpath.basename(p).startswith((".", "_"))
+        )
+    if not files:
+        return None
+    tables = []
+    for f in files:
+        with fs.open(f, "rb") as fh:
+            tables.append(pq.read_table(fh))
+    table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    return table.to_pandas()
+
+
+def read_metadata(url: str, storage_options: dict | None = None) -> pd.DataFrame:
+    """A metadata CSV or Parquet file (or Parquet dataset) with a ``path`` column."""
+    fs, path = _fs(url, storage_options)
+    if fs.isdir(path) or path.lower().endswith((".parquet", ".pq")):
+        meta = read_dataset(url, storage_options)
+    else:
+        with fs.open(path, "rb") as fh:
+            meta = pd.read_csv(fh)
+    if meta is None or "path" not in meta.columns:
+        raise ValueError(f"metadata {url} has no 'path' column")
+    dup = meta["path"].duplicated()
+    if dup.any():
+        raise ValueError(f"metadata {url} lists {int(dup.sum())} path(s) more than once, e.g. {meta['path'][dup].iloc[0]!r}")
+    return meta
+
+
+def rejoin_metadata(predictions: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
+    """Replace the carried metadata columns of ``predictions`` by those of ``meta`` (joined on path)."""
+    replaced = [c for c in meta.columns if c != "path" and c in predictions.columns]
+    base = predictions.drop(columns=replaced)
+    merged = base.merge(meta, on="path", how="left", validate="many_to_one")
+    merged.index = predictions.index
+    return merged
+
+
+def write_bytes(url: str, data: bytes, storage_options: dict | None = None) -> None:
+    """Write a whole file; local files go through a temporary name and a rename."""
+    fs, path = _fs(url, storage_options)
+    parent = posixpath.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        tmp = path + ".tmp"
+        with fs.open(tmp, "wb") as fh:
+            fh.write(data)
+        fs.mv(tmp, path)
+    else:
+        fs.pipe_file(path, data)
+
+
+def parquet_bytes(df: pd.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    return buf.getvalue()

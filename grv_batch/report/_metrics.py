@@ -1,0 +1,610 @@
+"""Group metrics with cluster (speaker) bootstrap intervals.
+
+Every metric is a ratio of sums over files, so each bootstrap cluster (a speaker, or a file when
+the speaker is unknown) is reduced once to a vector of sums; a bootstrap replicate is then a
+weighted sum of those vectors (weights = how often each cluster was drawn), which makes 1000
+replicates cheap even for large corpora.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from ._config import ReportParams
+
+#: Metrics that need ground truth (``gender`` in {female, male}).
+GT_METRICS = ("accuracy", "coverage", "accuracy_confident", "recall_female", "recall_male", "ece")
+#: Metrics reported with or without ground truth.
+ALWAYS_METRICS = ("n", "share_female", "mean_confidence")
+
+GROUPS_COLUMNS = [
+    "group_by",
+    "group",
+    "metric",
+    "value",
+    "ci_low",
+    "ci_high",
+    "n_files",
+    "n_speakers",
+    "small",
+]
+
+# Columns that belong to the pipeline, never metadata to group on.
+_OWN_COLUMNS = {
+    "file_id",
+    "path",
+    "speaker_id",
+    "gender",
+    "p_male",
+    "confidence",
+    "label",
+    "reason",
+    "status",
+    "error",
+    "duration_s",
+    "sample_rate",
+    "channels",
+}
+
+N_BINS = 10
+
+# Derived bands: (group_by, feature column, edges, labels, label for NaN or None).
+BANDS = (
+    ("speech_duration_band", "speech_s", [2.0, 5.0, 15.0], ["<2 s", "2-5 s", "5-15 s", ">=15 s"], None),
+    ("snr_band", "snr_db", [10.0, 20.0, 30.0], ["<10 dB", "10-20 dB", "20-30 dB", ">=30 dB"], None),
+    (
+        "pitch_band",
+        "f0_p50",
+        [120.0, 165.0, 210.0],
+        ["<120 Hz", "120-165 Hz", "165-210 Hz", ">=210 Hz"],
+        "unvoiced",
+    ),
+)
+
+# Index of each sum in the per-file statistics vector.
+_S_N, _S_CONF, _S_CONF_F, _S_CONFSUM = 0, 1, 2, 3
+_S_GT, _S_CORRECT, _S_GT_CONF, _S_GT_CONF_OK = 4, 5, 6, 7
+_S_F, _S_F_OK, _S_M, _S_M_OK = 8, 9, 10, 11
+_S_BIN_N = 12
+_S_BIN_P = _S_BIN_N + N_BINS
+_S_BIN_Y = _S_BIN_P + N_BINS
+_N_STATS = _S_BIN_Y + N_BINS
+
+# metric -> index of the sum that is its denominator (the files it is computed on)
+_DENOMINATOR = {
+    "n": _S_N,
+    "coverage": _S_N,
+    "share_female": _S_CONF,
+    "mean_confidence": _S_N,
+    "accuracy": _S_GT,
+    "accuracy_confident": _S_GT_CONF,
+    "recall_female": _S_F,
+    "recall_male": _S_M,
+    "ece": _S_GT,
+}
+
+
+def _ground_truth(predictions: pd.DataFrame) -> pd.Series:
+    """``gender`` normalised to 'female'/'male', anything else null."""
+    if "gender" not in predictions.columns:
+        return pd.Series(None, index=predictions.index, dtype=object)
+    g = predictions["gender"].astype("string").str.strip().str.lower()
+    ok = g.isin(["female", "male"]).fillna(False).to_numpy(dtype=bool)
+    vals = np.where(ok, g.fillna("").to_numpy(dtype=object), None)
+    return pd.Series(vals, index=predictions.index, dtype=object)
+
+
+def has_ground_truth(predictions: pd.DataFrame) -> bool:
+    """Whether any file has a usable ``gender`` (female/male)."""
+    return bool(_ground_truth(predictions).notna().any())
+
+
+def file_stats(predictions: pd.DataFrame) -> np.ndarray:
+    """Per-file vector of sums from which every metric is a ratio, shape (n_files, K)."""
+    n = len(predictions)
+    p = pd.to_numeric(predictions["p_male"], errors="coerce").to_numpy(dtype=float)
+    conf = pd.to_numeric(predictions["confidence"], errors="coerce").to_numpy(dtype=float)
+    label = predictions["label"].astype("string").fillna("uncertain").to_numpy(dtype=object)
+    gt = _ground_truth(predictions).to_numpy(dtype=object)
+    has_gt = pd.notna(gt) & ~np.isnan(p)
+    y = gt == "male"
+    pred_male = p > 0.5
+    confident = (label == "female") | (label == "male")
+    s = np.zeros((n, _N_STATS), dtype=float)
+    s[:, _S_N] = 1.0
+    s[:, _S_CONF] = confident
+    s[:, _S_CONF_F] = confident & (label == "female")
+    s[:, _S_CONFSUM] = np.nan_to_num(conf)
+    s[:, _S_GT] = has_gt
+    s[:, _S_CORRECT] = has_gt & (pred_male == y)
+    s[:, _S_GT_CONF] = has_gt & confident
+    s[:, _S_GT_CONF_OK] = has_gt & confident & ((label == "male") == y)
+    s[:, _S_F] = has_gt & ~y
+    s[:, _S_F_OK] = has_gt & ~y & ~pred_male
+    s[:, _S_M] = has_gt & y
+    s[:, _S_M_OK] = has_gt & y & pred_male
+    pc = np.clip(np.nan_to_num(p), 0.0, 1.0)
+    bins = np.minimum((pc * N_BINS).astype(int), N_BINS - 1)
+    rows = np.flatnonzero(has_gt)
+    s[rows, _S_BIN_N + bins[rows]] = 1.0
+    s[rows, _S_BIN_P + bins[rows]] = pc[rows]
+    s[rows, _S_BIN_Y + bins[rows]] = y[rows]
+    return s
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    out = np.full(np.broadcast(num, den).shape, np.nan)
+    np.divide(num, den, out=out, where=den > 0)
+    return out
+
+
+def metrics_from_sums(sums: np.ndarray, metrics: tuple[str, ...]) -> np.ndarray:
+    """Metric values from summed statistics; ``sums`` is (..., K), result (..., len(metrics))."""
+    out = []
+    for m in metrics:
+        if m == "n":
+            v = sums[..., _S_N].astype(float)
+        elif m == "coverage":
+            v = _ratio(sums[..., _S_CONF], sums[..., _S_N])
+        elif m == "share_female":
+            v = _ratio(sums[..., _S_CONF_F], sums[..., _S_CONF])
+        elif m == "mean_confidence":
+            v = _ratio(sums[..., _S_CONFSUM], sums[..., _S_N])
+        elif m == "accuracy":
+            v = _ratio(sums[..., _S_CORRECT], sums[..., _S_GT])
+        elif m == "accuracy_confident":
+            v = _ratio(sums[..., _S_GT_CONF_OK], sums[..., _S_GT_CONF])
+        elif m == "recall_female":
+            v = _ratio(sums[..., _S_F_OK], sums[..., _S_F])
+        elif m == "recall_male":
+            v = _ratio(sums[..., _S_M_OK], sums[..., _S_M])
+        elif m == "ece":
+            gap = np.abs(sums[..., _S_BIN_P:_S_BIN_Y] - sums[..., _S_BIN_Y : _S_BIN_Y + N_BINS])
+            v = _ratio(gap.sum(axis=-1), sums[..., _S_GT])
+        else:  # pragma: no cover - guarded by callers
+            raise ValueError(f"unknown metric {m!r}")
+        out.append(v)
+    return np.stack(out, axis=-1)
+
+
+def _metric_names(with_gt: bool) -> tuple[str, ...]:
+    middle = GT_METRICS if with_gt else ("coverage",)
+    return ("n",) + middle + ("share_female", "mean_confidence")
+
+
+# ---------------------------------------------------------------------------------------------
+# groupings
+
+
+def _natural_key(value: str) -> tuple:
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def _as_group_strings(s: pd.Series) -> pd.Series:
+    """Group values as strings (null stays null); integral floats lose their '.0'."""
+    if pd.api.types.is_float_dtype(s.dtype):
+        vals = s.map(lambda v: np.nan if pd.isna(v) else (str(int(v)) if float(v).is_integer() else str(v)))
+        return vals.astype(object)
+    out = s.astype("string").astype(object)
+    return out.where(s.notna(), np.nan)
+
+
+def _is_free_text(s: pd.Series) -> bool:
+    if not (pd.api.types.is_object_dtype(s.dtype) or pd.api.types.is_string_dtype(s.dtype)):
+        return False
+    vals = s.dropna().astype(str)
+    return bool(len(vals)) and (vals.str.len().mean() > 40 or vals.str.contains("\n").any())
+
+
+def metadata_columns(predictions: pd.DataFrame) -> list[str]:
+    """Carried metadata columns of ``predictions`` (everything the pipeline did not add)."""
+    return [
+        c
+        for c in predictions.columns
+        if c not in _OWN_COLUMNS and not str(c).startswith("p_male_") and not str(c).startswith("_")
+    ]
+
+
+def default_groups(predictions: pd.DataFrame) -> list[str]:
+    """Metadata columns with 2..30 distinct values that are not free text."""
+    chosen = []
+    for c in metadata_columns(predictions):
+        s = predictions[c]
+        try:
+            k = s.dropna().nunique()
+        except TypeError:  # unhashable values (lists): not a grouping
+            continue
+        if 2 <= k <= 30 and not _is_free_text(s):
+            chosen.append(c)
+    return chosen
+
+
+def _band(values: pd.Series, edges: list[float], labels: list[str], nan_label: str | None) -> pd.Series:
+    x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float)
+    idx = np.searchsorted(np.asarray(edges), x, side="right")
+    out = np.array([labels[i] for i in np.minimum(idx, len(labels) - 1)], dtype=object)
+    out[np.isnan(x)] = nan_label if nan_label is not None else np.nan
+    return pd.Series(out, index=values.index, dtype=object)
+
+
+@dataclass
+class Grouping:
+    """One way of splitting the files: the group value of every file (null = not in any group)."""
+
+    name: str
+    values: pd.Series
+    order: list[str]
+
+
+def build_groupings(
+    predictions: pd.DataFrame, features: pd.DataFrame | None, params: ReportParams
+) -> list[Grouping]:
+    """Every grouping the report uses, in report order (metadata, bands, intersections)."""
+    cols = default_groups(predictions) if params.groups is None else list(params.groups)
+    series: dict[str, pd.Series] = {}
+    orders: dict[str, list[str]] = {}
+    for c in cols:
+        if c not in predictions.columns:
+            raise ValueError(f"group column {c!r} is not in the predictions (metadata columns: "
+                             f"{', '.join(metadata_columns(predictions)) or 'none'})")
+        s = _as_group_strings(predictions[c])
+        series[c] = s
+        orders[c] = sorted(s.dropna().unique().tolist(), key=_natural_key)
+    if params.derived_bands:
+        feats = _aligned_features(predictions, features)
+        for name, col, edges, labels, nan_label in BANDS:
+            if col not in feats.columns:
+                continue
+            if pd.to_numeric(feats[col], errors="coerce").notna().sum() == 0:
+                continue
+            s = _band(feats[col], edges, labels, nan_label)
+            series[name] = s
+            orders[name] = [v for v in labels + ([nan_label] if nan_label else []) if (s == v).any()]
+    out = [Grouping(k, series[k], orders[k]) for k in series]
+    for a, b in params.intersections:
+        for c in (a, b):
+            if c not in series:
+                src = predictions[c] if c in predictions.columns else None
+                if src is None:
+                    raise ValueError(f"intersection column {c!r} is neither a metadata column nor a band")
+                series[c] = _as_group_strings(src)
+                orders[c] = sorted(series[c].dropna().unique().tolist(), key=_natural_key)
+        sa, sb = series[a], series[b]
+        both = sa.notna() & sb.notna()
+        vals = pd.Series(np.nan, index=predictions.index, dtype=object)
+        vals[both] = sa[both].astype(str) + "*" + sb[both].astype(str)
+        order = [f"{x}*{y}" for x in orders[a] for y in orders[b] if (vals == f"{x}*{y}").any()]
+        out.append(Grouping(f"{a}*{b}", vals, order))
+    return out
+
+
+def _aligned_features(predictions: pd.DataFrame, features: pd.DataFrame | None) -> pd.DataFrame:
+    """Feature columns aligned row by row with ``predictions`` (empty frame when unknown)."""
+    base = pd.DataFrame(index=predictions.index)
+    if features is not None and len(features) and "file_id" in features.columns:
+        f = features.drop_duplicates("file_id").set_index("file_id")
+        keep = [c for _, c, *_ in BANDS if c in f.columns]
+        aligned = f.reindex(predictions["file_id"].to_numpy())[keep]
+        aligned.index = predictions.index
+        base = aligned
+    # columns carried in predictions itself are used when the features do not have them
+    for _, c, *_ in BANDS:
+        if c not in base.columns and c in predictions.columns:
+            base[c] = predictions[c]
+    return base
+
+
+# ---------------------------------------------------------------------------------------------
+# bootstrap
+
+
+def clusters(predictions: pd.DataFrame) -> tuple[np.ndarray, bool]:
+    """Cluster code per file (speaker, else the file itself) and whether speakers are known."""
+    if "speaker_id" in predictions.columns:
+        spk = predictions["speaker_id"]
+        known = spk.notna().to_numpy()
+    else:
+        spk = pd.Series(np.nan, index=predictions.index)
+        known = np.zeros(len(predictions), dtype=bool)
+    key = [f"s:{v}" if k else f"f:{i}" for i, (v, k) in enumerate(zip(spk.to_numpy(dtype=object), known))]
+    codes, _ = pd.factorize(pd.Series(key, dtype=object))
+    return codes, bool(known.any())
+
+
+def _rng(seed: int, group_by: str, group: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(group_by.encode()), zlib.crc32(group.encode())])
+
+
+def bootstrap_sums(cluster_sums: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Summed statistics of ``n_boot`` cluster-bootstrap replicates, shape (n_boot, K)."""
+    c = cluster_sums.shape[0]
+    if n_boot == 0 or c == 0:
+        return np.zeros((0, cluster_sums.shape[1]))
+    out = np.empty((n_boot, cluster_sums.shape[1]))
+    chunk = max(1, min(n_boot, 2_000_000 // max(c, 1)))
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        draws = rng.integers(0, c, size=(b, c)) + (np.arange(b) * c)[:, None]
+        weights = np.bincount(draws.ravel(), minlength=b * c).reshape(b, c).astype(float)
+        out[start : start + b] = weights @ cluster_sums
+    return out
+
+
+@dataclass
+class GroupResult:
+    """Point estimates, replicates and sizes of one group."""
+
+    group_by: str
+    group: str
+    metrics: tuple[str, ...]
+    value: np.ndarray  # (M,)
+    replicates: np.ndarray  # (B, M)
+    n_files: np.ndarray  # (M,)
+    n_speakers: np.ndarray  # (M,) or NaN when speakers unknown
+
+
+def _evaluate_group(
+    group_by: str,
+    group: str,
+    stats: np.ndarray,
+    codes: np.ndarray,
+    speakers_known: bool,
+    is_known_speaker: np.ndarray,
+    metrics: tuple[str, ...],
+    params: ReportParams,
+) -> GroupResult:
+    uniq, inv = np.unique(codes, return_inverse=True)
+    csums = np.zeros((len(uniq), stats.shape[1]))
+    np.add.at(csums, inv, stats)
+    total = csums.sum(axis=0)
+    value = metrics_from_sums(total, metrics)
+    reps = metrics_from_sums(bootstrap_sums(csums, params.n_bootstrap, _rng(params.seed, group_by, group)), metrics)
+    den = np.array([_DENOMINATOR[m] for m in metrics])
+    n_files = total[den]
+    if speakers_known:
+        spk_cluster = np.zeros(len(uniq), dtype=bool)
+        spk_cluster[inv[is_known_speaker]] = True
+        n_speakers = ((csums[:, den] > 0) & spk_cluster[:, None]).sum(axis=0).astype(float)
+    else:
+        n_speakers = np.full(len(metrics), np.nan)
+    return GroupResult(group_by, group, metrics, value, reps, n_files, n_speakers)
+
+
+def _interval(value: float, reps: np.ndarray, level: float) -> tuple[float, float]:
+    """Percentile interval, widened (clipped) so that it always contains ``value``."""
+    if np.isnan(value):
+        return np.nan, np.nan
+    r = reps[~np.isnan(reps)]
+    if r.size == 0:
+        return np.nan, np.nan
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(r, [alpha, 1.0 - alpha])
+    return float(min(lo, value)), float(max(hi, value))
+
+
+def evaluate(
+    predictions: pd.DataFrame, features: pd.DataFrame | None, params: ReportParams
+) -> tuple[pd.DataFrame, dict[tuple[str, str], GroupResult]]:
+    """The long groups table plus every group's bootstrap replicates (for the gaps)."""
+    predictions = predictions.reset_index(drop=True)
+    with_gt = has_ground_truth(predictions)
+    metrics = _metric_names(with_gt)
+    stats = file_stats(predictions)
+    codes, speakers_known = clusters(predictions)
+    known_spk = (
+        predictions["speaker_id"].notna().to_numpy()
+        if "speaker_id" in predictions.columns
+        else np.zeros(len(predictions), dtype=bool)
+    )
+    gt_mask = _ground_truth(predictions).notna().to_numpy()
+
+    results: dict[tuple[str, str], GroupResult] = {}
+    jobs: list[tuple[str, str, np.ndarray]] = [("all", "all", np.ones(len(predictions), dtype=bool))]
+    for g in build_groupings(predictions, features, params):
+        vals = g.values.to_numpy(dtype=object)
+        for level in g.order:
+            jobs.append((g.name, level, vals == level))
+    for group_by, group, mask in jobs:
+        results[(group_by, group)] = _evaluate_group(
+            group_by, group, stats[mask], codes[mask], speakers_known, known_spk[mask], metrics, params
+        )
+
+    _fairlearn_check(predictions, gt_mask, jobs, results)
+
+    rows = []
+    for (group_by, group), r in results.items():
+        for j, m in enumerate(metrics):
+            v = float(r.value[j])
+            if m == "n":
+                lo = hi = v
+            elif params.n_bootstrap:
+                lo, hi = _interval(v, r.replicates[:, j], params.confidence_level)
+            else:
+                lo = hi = np.nan
+            nf, ns = int(r.n_files[j]), r.n_speakers[j]
+            small = nf < params.min_files or (speakers_known and ns < params.min_speakers)
+            rows.append((group_by, group, m, v, lo, hi, nf, ns, bool(small)))
+    table = pd.DataFrame(rows, columns=GROUPS_COLUMNS)
+    table = table.astype(
+        {
+            "group_by": "string",
+            "group": "string",
+            "metric": "string",
+            "value": "float64",
+            "ci_low": "float64",
+            "ci_high": "float64",
+            "n_files": "int64",
+            "small": "bool",
+        }
+    )
+    table["n_speakers"] = pd.array(
+        [pd.NA if np.isnan(x) else int(x) for x in table["n_speakers"]], dtype="Int64"
+    )
+    return table, results
+
+
+def _fairlearn_check(
+    predictions: pd.DataFrame,
+    gt_mask: np.ndarray,
+    jobs: list[tuple[str, str, np.ndarray]],
+    results: dict[tuple[str, str], GroupResult],
+) -> None:
+    """Cross-check accuracy and recalls against fairlearn's MetricFrame, one grouping at a time.
+
+    The sums-based estimates above are what the bootstrap needs; fairlearn's ``MetricFrame`` is
+    the reference implementation of "a metric per sensitive group". A disagreement is a bug, so
+    it raises instead of reporting a number nobody can trust.
+    """
+    if not gt_mask.any():
+        return
+    from fairlearn.metrics import MetricFrame
+
+    y = (_ground_truth(predictions) == "male").to_numpy()[gt_mask].astype(int)
+    yhat = (pd.to_numeric(predictions["p_male"], errors="coerce").to_numpy() > 0.5)[gt_mask].astype(int)
+
+    def _acc(t: np.ndarray, p: np.ndarray) -> float:
+        return float(np.mean(t == p)) if len(t) else np.nan
+
+    def _rec(cls: int):
+        def f(t: np.ndarray, p: np.ndarray) -> float:
+            sel = t == cls
+            return float(np.mean(p[sel] == cls)) if sel.any() else np.nan
+
+        return f
+
+    funcs = {"accuracy": _acc, "recall_female": _rec(0), "recall_male": _rec(1)}
+    by_grouping: dict[str, list[tuple[str, np.ndarray]]] = {}
+    for group_by, group, mask in jobs:
+        by_grouping.setdefault(group_by, []).append((group, mask))
+    for group_by, items in by_grouping.items():
+        sens = np.full(len(predictions), None, dtype=object)
+        for group, mask in items:
+            sens[mask] = group
+        sel = gt_mask & pd.notna(sens)
+        if not sel.any():
+            continue
+        mf = MetricFrame(
+            metrics=funcs,
+            y_true=y[sel[gt_mask]],
+            y_pred=yhat[sel[gt_mask]],
+            sensitive_features=pd.Series(sens[sel], name="group"),
+        )
+        for group, row in mf.by_group.iterrows():
+            r = results[(group_by, str(group))]
+            for m in funcs:
+                ours = r.value[r.metrics.index(m)]
+                theirs = float(row[m])
+                if not (np.isnan(ours) and np.isnan(theirs)) and not np.isclose(ours, theirs):
+                    raise AssertionError(f"{m} of {group_by}={group}: {ours} != fairlearn {theirs}")
+
+
+def group_metrics(
+    predictions: pd.DataFrame, features: pd.DataFrame | None = None, *, params: ReportParams | None = None
+) -> pd.DataFrame:
+    """Metrics per group, with bootstrap intervals, in long format.
+
+    Parameters
+    ----------
+    predictions : pandas.DataFrame
+        The ``predictions`` table (``file_id``, ``p_male``, ``confidence``, ``label``, optional
+        ``speaker_id`` and ``gender``, carried metadata columns).
+    features : pandas.DataFrame or None
+        The ``features`` table (``file_id``, ``speech_s``, ``snr_db``, ``f0_p50``, ...), used for
+        the derived bands. ``None`` skips bands whose column is not in ``predictions`` either.
+    params : ReportParams, optional
+        Groupings, bootstrap and size thresholds; defaults to ``ReportParams()``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (``group_by``, ``group``, ``metric``) with columns ``group_by``, ``group``,
+        ``metric``, ``value``, ``ci_low``, ``ci_high``, ``n_files``, ``n_speakers`` (null when no
+        speaker is known) and ``small`` (too small to compare). The first rows are the overall
+        results, ``group_by == group == "all"``. Without ground truth only ``n``, ``coverage``,
+        ``share_female`` and ``mean_confidence`` are reported.
+    """
+    table, _ = evaluate(predictions, features, params or ReportParams())
+    return table
+
+
+def gaps_from_results(
+    table: pd.DataFrame, results: dict[tuple[str, str], GroupResult], params: ReportParams
+) -> pd.DataFrame:
+    """Largest gap per (grouping, metric) among groups that are not small."""
+    rows = []
+    alpha = (1.0 - params.confidence_level) / 2.0
+    eligible = table[(table["group_by"] != "all") & ~table["small"] & (table["metric"] != "n")]
+    for (group_by, metric), sub in eligible.groupby(["group_by", "metric"], sort=False):
+        sub = sub[sub["value"].notna()]
+        if len(sub) < 2:
+            continue
+        hi_row = sub.loc[sub["value"].idxmax()]
+        lo_row = sub.loc[sub["value"].idxmin()]
+        gap = float(hi_row["value"] - lo_row["value"])
+        ci_low = ci_high = np.nan
+        if params.n_bootstrap:
+            reps = np.column_stack(
+                [
+                    results[(group_by, g)].replicates[:, results[(group_by, g)].metrics.index(metric)]
+                    for g in sub["group"]
+                ]
+            )
+            ok = ~np.isnan(reps).any(axis=1)
+            if ok.any():
+                rg = reps[ok].max(axis=1) - reps[ok].min(axis=1)
+                lo, hi = np.quantile(rg, [alpha, 1.0 - alpha])
+                ci_low, ci_high = float(min(lo, gap)), float(max(hi, gap))
+        rows.append(
+            (group_by, metric, gap, ci_low, ci_high, hi_row["group"], float(hi_row["value"]),
+             lo_row["group"], float(lo_row["value"]), len(sub))
+        )
+    cols = ["group_by", "metric", "gap", "ci_low", "ci_high", "group_high", "value_high",
+            "group_low", "value_low", "n_groups"]
+    out = pd.DataFrame(rows, columns=cols)
+    rank = {m: i for i, m in enumerate(GT_METRICS + ALWAYS_METRICS)}
+    out["_rank"] = out["metric"].map(rank)
+    out = out.sort_values(["_rank", "gap"], ascending=[True, False], kind="stable")
+    return out.drop(columns="_rank").reset_index(drop=True)
+
+
+def largest_gaps(
+    groups: pd.DataFrame,
+    *,
+    predictions: pd.DataFrame,
+    features: pd.DataFrame | None = None,
+    params: ReportParams | None = None,
+) -> pd.DataFrame:
+    """Largest difference between groups of each grouping, with a bootstrap interval.
+
+    For each (``group_by``, ``metric``), the gap is the highest minus the lowest value among the
+    groups that are not ``small``. Its interval comes from recomputing that max-min gap inside
+    every bootstrap replicate (the same replicates, same seed, as the group intervals).
+
+    Parameters
+    ----------
+    groups : pandas.DataFrame
+        The output of :func:`group_metrics` for the same inputs and params.
+    predictions, features : pandas.DataFrame
+        The tables ``groups`` was computed from (the replicates are recomputed from them).
+    params : ReportParams, optional
+        The params ``groups`` was computed with.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``group_by``, ``metric``, ``gap``, ``ci_low``, ``ci_high``, ``group_high``,
+        ``value_high``, ``group_low``, ``value_low``, ``n_groups``; ordered by metric (accuracy
+        first), then largest gap first. Groupings
+        with fewer than two comparable groups are left out.
+    """
+    params = params or ReportParams()
+    _, results = evaluate(predictions, features, params)
+    return gaps_from_results(groups, results, params)
+
