@@ -1,0 +1,218 @@
+"""The ensemble: verified loading, batched window prediction, per-file combination."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from grv_batch._params import Params
+from grv_batch.models import calibration as cal
+from grv_batch.models.bundle import ENSEMBLE_JSON, MANIFEST, SHIPPED_BUNDLE, BundleError, sha256_file, verify_bundle
+from grv_batch.models.members import REGISTRY, member_logits
+
+LABELS = ("female", "male", "uncertain")
+REASONS = ("too_little_speech", "low_confidence", "members_disagree")
+
+
+class ModelParams(Params):
+    """Which bundle and members to use, and when a file is labelled ``uncertain``."""
+
+    #: bundle folder; None -> the bundle shipped inside the package
+    bundle: str | None = None
+    #: subset of member names to use (None -> all members of the bundle)
+    members: list[str] | None = None
+    #: minimum calibrated confidence max(p, 1-p) for a female/male label; None -> the bundle's
+    #: recommended value (chosen by cross-validation), else 0.8
+    confidence_threshold: float | None = None
+    #: files with less detected speech than this (seconds) are uncertain (too_little_speech)
+    min_speech_s: float = 1.0
+    #: max allowed spread (max - min) of member probabilities when they point to different labels;
+    #: above it the file is uncertain (members_disagree). None -> the bundle's value, else 0.6
+    disagreement: float | None = None
+    #: batch size for Keras predict
+    batch_size: int = 256
+
+
+def _logit(p):
+    return cal.logit(p)
+
+
+class Ensemble:
+    """A loaded, verified bundle. Use :func:`load_ensemble` rather than constructing directly."""
+
+    def __init__(self, root: Path, manifest: dict, spec: dict, models: dict, members: list[str],
+                 params: ModelParams):
+        self.root = root
+        self.manifest = manifest
+        self.spec = spec
+        self._models = models
+        self.members: list[str] = list(members)
+        self.params = params
+        thr = spec.get("thresholds", {})
+        self.confidence_threshold = float(
+            params.confidence_threshold if params.confidence_threshold is not None
+            else thr.get("confidence_threshold", 0.8))
+        self.disagreement = float(params.disagreement if params.disagreement is not None
+                                  else thr.get("disagreement", 0.6))
+        self._lock = threading.Lock()
+
+    @property
+    def identity(self) -> dict:
+        return {
+            "name": self.manifest.get("name"),
+            "version": self.manifest.get("version"),
+            "created": self.manifest.get("created"),
+            "members": list(self.members),
+            "manifest_sha256": sha256_file(self.root / MANIFEST),
+            "files": dict(self.manifest["files"]),
+        }
+
+    # ------------------------------------------------------------------------------------------
+    def _combine_logits(self, Z: np.ndarray) -> np.ndarray:
+        """Calibrated member logits (n, m) -> calibrated ensemble logit (n,), NaN-tolerant."""
+        comb = self.spec["combiner"]
+        w_all = comb.get("weights", {})
+        w = np.array([float(w_all.get(m, 1.0)) for m in self.members])
+        full = set(self.members) == set(self.spec["members"])
+        finite = np.isfinite(Z)
+        Zf = np.where(finite, Z, 0.0)
+        if full and finite.all():
+            z = Zf @ w + float(comb.get("bias", 0.0))
+            return cal.apply(comb.get("calibration"), z)
+        # subset of members or missing inputs: weighted mean of calibrated member logits
+        W = finite * np.abs(w)[None, :]
+        den = W.sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = (W * Zf).sum(axis=1) / den
+        return np.where(den > 0, z, np.nan)
+
+    def predict_windows(self, features: pd.DataFrame, logmels: list | None = None) -> pd.DataFrame:
+        """One row per window: ``p_male_<member>`` (calibrated) and ``p_male``.
+
+        ``features`` has the FEATURE_COLUMNS and a ``mel128`` column (arrays of 128); ``logmels``
+        is one (64, n_frames) array (or None) per row. One batched predict per member per call.
+        """
+        n = len(features)
+        features = features.reset_index(drop=True)
+        if logmels is None:
+            logmels = [None] * n
+        if len(logmels) != n:
+            raise ValueError(f"got {n} feature rows but {len(logmels)} logmels")
+        Z = np.full((n, len(self.members)), np.nan)
+        with self._lock:  # Keras models are shared by threads of a worker
+            for j, m in enumerate(self.members):
+                mspec = self.spec["members"][m]
+                z = member_logits(mspec["kind"], self._models[m], features, logmels, mspec.get("config", {}),
+                                  batch_size=self.params.batch_size)
+                Z[:, j] = cal.apply(mspec.get("calibration"), z)
+        out = pd.DataFrame({f"p_male_{m}": cal.sigmoid(Z[:, j]) for j, m in enumerate(self.members)})
+        out["p_male"] = cal.sigmoid(self._combine_logits(Z)) if n else np.zeros(0)
+        return out
+
+    # ------------------------------------------------------------------------------------------
+    def combine_file(self, window_preds: pd.DataFrame, *, speech_s, params: ModelParams | None = None) -> dict:
+        """Pool the windows of one recording into the file's prediction.
+
+        Log-odds of every window are averaged, weighted by its seconds of speech times its
+        confidence; the same pooling gives each ``p_male_<member>``.
+        """
+        params = params or self.params
+        thr = float(params.confidence_threshold if params.confidence_threshold is not None else self.confidence_threshold)
+        dis = float(params.disagreement if params.disagreement is not None else self.disagreement)
+        speech = np.nan_to_num(np.asarray(speech_s, dtype=np.float64).reshape(-1), nan=0.0)
+        speech = np.maximum(speech, 0.0)
+        if len(speech) != len(window_preds):
+            raise ValueError(f"speech_s has {len(speech)} values for {len(window_preds)} windows")
+        cols = [f"p_male_{m}" for m in self.members]
+        row: dict = {}
+
+        def pool(p: np.ndarray) -> float:
+            p = np.asarray(p, dtype=np.float64)
+            ok = np.isfinite(p)
+            if not ok.any():
+                return float("nan")
+            w = speech[ok] * np.maximum(p[ok], 1 - p[ok])
+            if w.sum() <= 0:
+                w = np.ones(ok.sum())
+            return float(cal.sigmoid(np.sum(w * _logit(p[ok])) / w.sum()))
+
+        for c in cols:
+            row[c] = pool(window_preds[c].to_numpy()) if c in window_preds else float("nan")
+        p = pool(window_preds["p_male"].to_numpy()) if len(window_preds) else float("nan")
+        total_speech = float(speech.sum())
+        if not np.isfinite(p):
+            p = 0.5
+        row["p_male"] = p
+        row["confidence"] = float(max(p, 1 - p))
+        member_p = np.array([row[c] for c in cols], dtype=np.float64)
+        member_p = member_p[np.isfinite(member_p)]
+        split = len(member_p) > 1 and (member_p > 0.5).any() and (member_p <= 0.5).any()
+        spread = float(member_p.max() - member_p.min()) if len(member_p) else 0.0
+        if len(window_preds) == 0 or total_speech < params.min_speech_s:
+            label, reason = "uncertain", "too_little_speech"
+        elif split and spread > dis:
+            label, reason = "uncertain", "members_disagree"
+        elif row["confidence"] < thr:
+            label, reason = "uncertain", "low_confidence"
+        else:
+            label, reason = ("male" if p > 0.5 else "female"), None
+        row["label"] = label
+        row["reason"] = reason
+        return row
+
+
+_CACHE: dict = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _load_models(root: Path, spec: dict, members: list[str]) -> dict:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    models = {}
+    for m in members:
+        path = root / spec["members"][m]["file"]
+        models[m] = keras.saving.load_model(path, compile=False, safe_mode=True)
+    return models
+
+
+def load_ensemble(bundle: str | os.PathLike | None = None, *, params: ModelParams | None = None) -> Ensemble:
+    """Load (once per process) and verify a bundle. ``bundle`` overrides ``params.bundle``.
+
+    Every file's sha256 is checked against ``manifest.json`` before anything is loaded; a
+    mismatch raises :class:`BundleError`. Keras models are loaded with ``safe_mode=True``.
+    """
+    params = params or ModelParams()
+    root = Path(bundle or params.bundle or SHIPPED_BUNDLE).expanduser().resolve()
+    manifest = verify_bundle(root)           # raises before any model is deserialised
+    key = (str(root), sha256_file(root / MANIFEST), params.model_dump_json())
+    with _CACHE_LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+        spec = json.loads((root / ENSEMBLE_JSON).read_text())
+        listed = set(manifest["files"])
+        available = list(spec.get("members", {}))
+        members = list(params.members) if params.members is not None else available
+        if not members:
+            raise BundleError("no ensemble members selected")
+        for m in members:
+            if m not in spec.get("members", {}):
+                raise BundleError(f"bundle {manifest.get('name')!r} has no member {m!r}; it has {available}")
+            kind = spec["members"][m].get("kind")
+            if kind not in REGISTRY:
+                raise BundleError(f"member {m!r} has unknown kind {kind!r}")
+            if spec["members"][m].get("file") not in listed:
+                raise BundleError(f"member file {spec['members'][m].get('file')!r} is not covered by the manifest")
+        ens = Ensemble(root, manifest, spec, _load_models(root, spec, members), members, params)
+        _CACHE[key] = ens
+        return ens
+
+
+def clear_cache() -> None:
+    with _CACHE_LOCK:
+        _CACHE.clear()

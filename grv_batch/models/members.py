@@ -1,0 +1,120 @@
+"""Member registry: how each kind of member turns pipeline outputs into model inputs.
+
+A bundle names each member's *kind*; only kinds registered here can be loaded (no importable paths
+are ever read from a bundle). Every member's Keras model outputs one raw logit for P(male).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from grv_batch.models.melspace import log_mel_normalised
+
+#: frames member: log-mel crop length (frames at 100 frames/s) and hop between crops
+CROP_FRAMES = 300
+CROP_HOP = 150
+
+
+@dataclass(frozen=True)
+class MemberKind:
+    name: str
+    #: (features, logmels, config) -> (inputs, group) where ``group[i]`` is the window row of
+    #: input i (several crops per window for ``frames``); rows without usable input are absent
+    prepare: Callable[[pd.DataFrame, list, dict], tuple[np.ndarray, np.ndarray]]
+
+
+def _prepare_mel(features: pd.DataFrame, logmels: list, config: dict):
+    if "mel128" not in features.columns or len(features) == 0:
+        return np.zeros((0, 128), np.float32), np.zeros(0, int)
+    rows, mats = [], []
+    for i, v in enumerate(features["mel128"].to_numpy()):
+        if v is None:
+            continue
+        a = np.asarray(v, dtype=np.float64).reshape(-1)
+        if a.shape != (128,) or not np.isfinite(a).all() or a.sum() <= 0:
+            continue
+        rows.append(i)
+        mats.append(a)
+    if not rows:
+        return np.zeros((0, 128), np.float32), np.zeros(0, int)
+    return log_mel_normalised(np.stack(mats)), np.asarray(rows)
+
+
+def _prepare_profile(features: pd.DataFrame, logmels: list, config: dict):
+    cols = config["feature_columns"]
+    mean = np.asarray(config["mean"], dtype=np.float64)
+    std = np.asarray(config["std"], dtype=np.float64)
+    n = len(features)
+    X = np.full((n, len(cols)), np.nan)
+    for j, c in enumerate(cols):
+        if c in features.columns:
+            X[:, j] = pd.to_numeric(features[c], errors="coerce").to_numpy(dtype=np.float64)
+    missing = np.isnan(X).mean(axis=1)
+    keep = np.nonzero(missing <= float(config.get("max_missing", 0.5)))[0]
+    X = X[keep]
+    X = np.where(np.isfinite(X), X, mean)          # impute the training mean -> 0 after scaling
+    Z = np.clip((X - mean) / std, -8, 8)
+    return Z.astype(np.float32), keep
+
+
+def crops(logmel: np.ndarray, crop: int = CROP_FRAMES, hop: int = CROP_HOP) -> list[np.ndarray]:
+    """Fixed-length crops of one (64, T) log-mel; short inputs are padded with their mean."""
+    m = np.asarray(logmel, dtype=np.float32)
+    if m.ndim != 2 or m.shape[1] < 10 or not np.isfinite(m).all():
+        return []
+    m = m - m.mean()                                   # gain invariance
+    T = m.shape[1]
+    if T <= crop:
+        out = np.full((m.shape[0], crop), m.min(), dtype=np.float32)
+        off = (crop - T) // 2
+        out[:, off:off + T] = m
+        return [out]
+    starts = list(range(0, T - crop + 1, hop))
+    if starts[-1] != T - crop:
+        starts.append(T - crop)
+    return [m[:, s:s + crop] for s in starts]
+
+
+def _prepare_frames(features: pd.DataFrame, logmels: list, config: dict):
+    crop = int(config.get("crop_frames", CROP_FRAMES))
+    hop = int(config.get("crop_hop", CROP_HOP))
+    bands = int(config.get("n_mels", 64))
+    out, group = [], []
+    for i, lm in enumerate(logmels or []):
+        if lm is None or np.asarray(lm).shape[0] != bands:
+            continue
+        for c in crops(lm, crop, hop):
+            out.append(c)
+            group.append(i)
+    if not out:
+        return np.zeros((0, bands, crop, 1), np.float32), np.zeros(0, int)
+    return np.stack(out)[..., None], np.asarray(group)
+
+
+REGISTRY: dict[str, MemberKind] = {
+    "cv_mel": MemberKind("cv_mel", _prepare_mel),
+    "voice_profile": MemberKind("voice_profile", _prepare_profile),
+    "frames": MemberKind("frames", _prepare_frames),
+}
+
+
+def member_logits(kind: str, model, features: pd.DataFrame, logmels: list, config: dict,
+                  batch_size: int = 256) -> np.ndarray:
+    """Raw logits per window row (NaN where the member had no usable input)."""
+    if kind not in REGISTRY:
+        raise ValueError(f"unknown member kind {kind!r}; known: {sorted(REGISTRY)}")
+    n = len(features)
+    X, group = REGISTRY[kind].prepare(features, logmels, config)
+    z = np.full(n, np.nan)
+    if len(group) == 0:
+        return z
+    raw = np.asarray(model.predict(X, batch_size=batch_size, verbose=0), dtype=np.float64).reshape(-1)
+    sums = np.bincount(group, weights=raw, minlength=n)
+    cnt = np.bincount(group, minlength=n)
+    ok = cnt > 0
+    z[ok] = sums[ok] / cnt[ok]                          # mean logit over crops of a window
+    return z

@@ -1,0 +1,128 @@
+"""Per-speaker pooling of file predictions into the ``speakers`` table.
+
+Each file contributes its calibrated log-odds, weighted by its seconds of speech times its
+confidence; the speaker's ``p_male`` is the sigmoid of that weighted mean (a mean, not a sum, since
+files of one speaker are not independent evidence). ``agreement`` is the share of the speaker's
+confident files whose label matches the speaker's side; ``files_disagree`` flags speakers whose
+confident files split more than ``SpeakerParams.disagreement`` allows.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+from pydantic import field_validator
+
+from grv_batch._params import Params
+
+#: per-file columns never carried into the speakers table
+_PER_FILE = {
+    "file_id", "path", "status", "error", "p_male", "confidence", "label", "reason", "speech_s",
+    "duration_s", "sample_rate", "channels", "n_windows", "format", "subtype",
+}
+
+SPEAKER_COLUMNS = ["speaker_id", "n_files", "n_confident", "p_male", "confidence", "label",
+                   "agreement", "files_disagree"]
+
+
+class SpeakerParams(Params):
+    """How speakers are found and when a speaker is labelled or flagged."""
+
+    #: regex with a named group ``speaker`` applied (re.search) to ``path`` when a file has no
+    #: ``speaker_id`` in the metadata, e.g. ``"(?P<speaker>[^/]+)/[^/]+$"`` for speaker folders
+    from_path: str | None = None
+    #: minimum pooled confidence for a female/male speaker label, else ``uncertain``
+    confidence_threshold: float = 0.8
+    #: flag ``files_disagree`` when more than this share of a speaker's confident files take the
+    #: other side (needs at least 2 confident files)
+    disagreement: float = 0.2
+
+    @field_validator("from_path")
+    @classmethod
+    def _regex_has_speaker_group(cls, v):
+        if v is not None:
+            try:
+                rx = re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"invalid regex: {exc}") from exc
+            if "speaker" not in rx.groupindex:
+                raise ValueError("from_path needs a named group (?P<speaker>...)")
+        return v
+
+
+def speaker_ids(predictions: pd.DataFrame, params: SpeakerParams) -> pd.Series:
+    """The speaker of each row: metadata ``speaker_id`` where given, else derived from ``path``."""
+    n = len(predictions)
+    if "speaker_id" in predictions.columns:
+        sid = predictions["speaker_id"].astype("object").where(predictions["speaker_id"].notna(), None)
+    else:
+        sid = pd.Series([None] * n, index=predictions.index, dtype="object")
+    if params.from_path and "path" in predictions.columns:
+        rx = re.compile(params.from_path)
+
+        def derive(path):
+            m = rx.search(str(path)) if path is not None else None
+            return m.group("speaker") if m and m.group("speaker") else None
+
+        missing = sid.isna()
+        if missing.any():
+            sid = sid.copy()
+            sid[missing] = predictions.loc[missing, "path"].map(derive)
+    return sid.map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
+
+
+def _logit(p):
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p) - np.log1p(-p)
+
+
+def aggregate_speakers(predictions: pd.DataFrame, *, params: SpeakerParams | None = None) -> pd.DataFrame:
+    """One row per speaker (files without a speaker are left out)."""
+    params = params or SpeakerParams()
+    df = predictions.copy()
+    df["speaker_id"] = speaker_ids(df, params)
+    df = df[df["speaker_id"].notna()]
+    member_cols = [c for c in df.columns if c.startswith("p_male_")]
+    if df.empty:
+        return pd.DataFrame({c: pd.Series(dtype="object") for c in SPEAKER_COLUMNS + member_cols})
+    p = pd.to_numeric(df["p_male"], errors="coerce").to_numpy(dtype=np.float64)
+    ok = np.isfinite(p)
+    speech = (pd.to_numeric(df["speech_s"], errors="coerce").to_numpy(dtype=np.float64)
+              if "speech_s" in df.columns else np.ones(len(df)))
+    speech = np.where(np.isfinite(speech) & (speech > 0), speech, 0.0)
+    conf = np.where(ok, np.maximum(p, 1 - p), 0.0)
+    df = df.assign(_z=np.where(ok, _logit(np.where(ok, p, 0.5)), 0.0), _w=np.where(ok, speech * conf, 0.0),
+                   _wf=np.where(ok, conf, 0.0),
+                   _conf_file=(df["label"].isin(["female", "male"]) if "label" in df.columns else ok))
+    carry = [c for c in df.columns
+             if c not in _PER_FILE and c != "speaker_id" and not c.startswith("_") and c not in member_cols
+             and (df.groupby("speaker_id", sort=True)[c].nunique(dropna=False) <= 1).all()]
+    rows = []
+    for sid, g in df.groupby("speaker_id", sort=True):
+        w = g["_w"].to_numpy()
+        if w.sum() <= 0:                      # no speech measured: weight by confidence alone
+            w = g["_wf"].to_numpy()
+        z = float(np.sum(w * g["_z"].to_numpy()) / w.sum()) if w.sum() > 0 else 0.0
+        pm = float(1 / (1 + np.exp(-z)))
+        confidence = max(pm, 1 - pm)
+        label = ("male" if pm > 0.5 else "female") if confidence >= params.confidence_threshold else "uncertain"
+        side = "male" if pm > 0.5 else "female"
+        confident = g[g["_conf_file"]]
+        n_conf = int(len(confident))
+        agreement = float((confident["label"] == side).mean()) if n_conf else float("nan")
+        row = {"speaker_id": sid, "n_files": int(len(g)), "n_confident": n_conf, "p_male": pm,
+               "confidence": confidence, "label": label, "agreement": agreement,
+               "files_disagree": bool(n_conf >= 2 and (1 - agreement) > params.disagreement)}
+        for c in member_cols:
+            pc = pd.to_numeric(g[c], errors="coerce").to_numpy(dtype=np.float64)
+            okc = np.isfinite(pc)
+            if okc.any() and w[okc].sum() > 0:
+                row[c] = float(1 / (1 + np.exp(-np.sum(w[okc] * _logit(pc[okc])) / w[okc].sum())))
+            else:
+                row[c] = float("nan")
+        for c in carry:
+            row[c] = g[c].iloc[0]
+        rows.append(row)
+    return pd.DataFrame(rows)

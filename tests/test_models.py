@@ -1,0 +1,227 @@
+"""Models: bundle verification, safe-mode loading, ensemble prediction and per-file combination."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from grv_batch.models import (  # noqa: E402
+    SHIPPED_BUNDLE, BundleError, ModelParams, clear_cache, load_ensemble, verify_bundle, write_bundle,
+)
+from grv_batch.models import ensemble as ensemble_mod  # noqa: E402
+from grv_batch.models.testing import DEFAULT_PROFILE_COLUMNS, make_tiny_bundle  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory) -> Path:
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundle") / "tiny")
+
+
+def _inputs(n: int, rng=None, n_frames: int = 420):
+    rng = rng or np.random.default_rng(0)
+    feats = pd.DataFrame({c: rng.normal(size=n) for c in DEFAULT_PROFILE_COLUMNS})
+    feats["mel128"] = [rng.gamma(1.0, 1.0, 128).astype(np.float32) for _ in range(n)]
+    logmels = [rng.normal(size=(64, n_frames)).astype(np.float32) for _ in range(n)]
+    return feats, logmels
+
+
+def test_tiny_bundle_predicts_right_shapes(tiny_bundle):
+    ens = load_ensemble(tiny_bundle)
+    assert ens.members == ["cv_mel", "voice_profile", "frames"]
+    feats, logmels = _inputs(5)
+    logmels[2] = np.zeros((64, 50), np.float32)     # short window: padded to one crop
+    out = ens.predict_windows(feats, logmels)
+    assert list(out.columns) == ["p_male_cv_mel", "p_male_voice_profile", "p_male_frames", "p_male"]
+    assert len(out) == 5
+    assert np.isfinite(out.to_numpy()).all()
+    assert ((out.to_numpy() >= 0) & (out.to_numpy() <= 1)).all()
+    ident = ens.identity
+    assert ident["name"] == "tiny-test" and set(ident["files"]) >= {"ensemble.json", "cv_mel.keras"}
+
+
+def test_missing_member_input_is_nan_and_ensemble_uses_the_rest(tiny_bundle):
+    ens = load_ensemble(tiny_bundle)
+    feats, logmels = _inputs(3)
+    logmels[1] = None
+    out = ens.predict_windows(feats, logmels)
+    assert np.isnan(out.loc[1, "p_male_frames"])
+    assert np.isfinite(out["p_male"]).all()
+    assert len(ens.predict_windows(feats.iloc[:0], [])) == 0
+
+
+def test_load_is_cached_per_process(tiny_bundle):
+    assert load_ensemble(tiny_bundle) is load_ensemble(tiny_bundle)
+
+
+def test_member_subset(tiny_bundle):
+    ens = load_ensemble(tiny_bundle, params=ModelParams(members=["cv_mel"]))
+    feats, logmels = _inputs(2)
+    out = ens.predict_windows(feats, logmels)
+    assert list(out.columns) == ["p_male_cv_mel", "p_male"]
+    np.testing.assert_allclose(out["p_male"], out["p_male_cv_mel"], rtol=1e-6)
+    with pytest.raises(BundleError, match="no member"):
+        load_ensemble(tiny_bundle, params=ModelParams(members=["nope"]))
+
+
+def test_hash_mismatch_is_refused_before_loading(tiny_bundle, tmp_path, monkeypatch):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_bundle, bad)
+    with open(bad / "cv_mel.keras", "ab") as fh:
+        fh.write(b"\0")
+    called = []
+    monkeypatch.setattr(ensemble_mod, "_load_models", lambda *a, **k: called.append(1))
+    clear_cache()
+    with pytest.raises(BundleError, match="sha256 mismatch for cv_mel.keras"):
+        load_ensemble(bad)
+    assert not called
+
+
+def test_tampered_config_json_is_refused(tiny_bundle, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad2"
+    shutil.copytree(tiny_bundle, bad)
+    spec = json.loads((bad / "ensemble.json").read_text())
+    spec["thresholds"]["confidence_threshold"] = 0.0
+    (bad / "ensemble.json").write_text(json.dumps(spec))
+    with pytest.raises(BundleError, match="ensemble.json"):
+        verify_bundle(bad)
+    (bad / "cv_mel.keras").unlink()
+    with pytest.raises(BundleError):
+        verify_bundle(bad)
+    with pytest.raises(BundleError, match="no manifest.json"):
+        load_ensemble(tmp_path)
+
+
+def test_unsafe_lambda_layer_is_refused_by_safe_mode(tmp_path):
+    import keras
+
+    inp = keras.Input((128,))
+    out = keras.layers.Dense(1)(keras.layers.Lambda(lambda t: t * 2.0)(inp))
+    model = keras.Model(inp, out)
+    b = write_bundle(tmp_path / "lam", name="lambda", version="0",
+                     members={"cv_mel": {"kind": "cv_mel", "model": model, "config": {}}},
+                     combiner={"weights": {"cv_mel": 1.0}, "bias": 0.0}, thresholds={})
+    verify_bundle(b)                        # hashes are fine: refusal must come from safe mode
+    with pytest.raises(ValueError, match="(?i)unsafe|safe_mode|lambda"):
+        load_ensemble(b)
+
+
+# --- combine_file known answers -------------------------------------------------------------------
+
+
+def _win(ps_by_member: dict, p: list) -> pd.DataFrame:
+    d = {f"p_male_{m}": v for m, v in ps_by_member.items()}
+    d["p_male"] = p
+    return pd.DataFrame(d)
+
+
+def test_combine_too_little_speech_is_uncertain(tiny_bundle):
+    ens = load_ensemble(tiny_bundle)
+    w = _win({"cv_mel": [0.99], "voice_profile": [0.99], "frames": [0.99]}, [0.99])
+    row = ens.combine_file(w, speech_s=np.array([0.4]), params=ModelParams())
+    assert row["label"] == "uncertain" and row["reason"] == "too_little_speech"
+    assert row["p_male"] == pytest.approx(0.99)
+    empty = ens.combine_file(w.iloc[:0], speech_s=np.zeros(0), params=ModelParams())
+    assert empty["label"] == "uncertain" and empty["reason"] == "too_little_speech"
+    assert empty["p_male"] == 0.5 and empty["confidence"] == 0.5
+
+
+def test_combine_confident_agreeing_windows_gives_label(tiny_bundle):
+    ens = load_ensemble(tiny_bundle)
+    w = _win({"cv_mel": [0.05, 0.1], "voice_profile": [0.02, 0.04], "frames": [0.1, 0.03]}, [0.03, 0.05])
+    row = ens.combine_file(w, speech_s=np.array([3.0, 3.0]), params=ModelParams())
+    assert row["label"] == "female" and row["reason"] is None
+    assert 0.03 < row["p_male"] < 0.05
+    assert row["confidence"] == pytest.approx(1 - row["p_male"])
+    assert set(row) == {"p_male", "p_male_cv_mel", "p_male_voice_profile", "p_male_frames", "confidence",
+                        "label", "reason"}
+    m = ens.combine_file(_win({"cv_mel": [0.97], "voice_profile": [0.95], "frames": [0.99]}, [0.98]),
+                         speech_s=[5.0], params=ModelParams())
+    assert m["label"] == "male" and m["p_male"] == pytest.approx(0.98)
+
+
+def test_combine_weights_by_speech_and_confidence(tiny_bundle):
+    ens = load_ensemble(tiny_bundle)
+    # a long confident male window outweighs a short unsure female-leaning one
+    w = _win({"cv_mel": [0.95, 0.4], "voice_profile": [0.95, 0.4], "frames": [0.95, 0.4]}, [0.95, 0.4])
+    row = ens.combine_file(w, speech_s=np.array([8.0, 1.0]), params=ModelParams())
+    z = (8 * 0.95 * np.log(0.95 / 0.05) + 1 * 0.6 * np.log(0.4 / 0.6)) / (8 * 0.95 + 1 * 0.6)
+    assert row["p_male"] == pytest.approx(1 / (1 + np.exp(-z)))
+    # windows without speech carry no weight
+    row0 = ens.combine_file(w, speech_s=np.array([5.0, 0.0]), params=ModelParams())
+    assert row0["p_male"] == pytest.approx(0.95)
+
+
+def test_combine_low_confidence_and_members_disagree(tiny_bundle):
+    ens = load_ensemble(tiny_bundle)
+    low = ens.combine_file(_win({"cv_mel": [0.6], "voice_profile": [0.65], "frames": [0.7]}, [0.66]),
+                           speech_s=[4.0], params=ModelParams())
+    assert low["label"] == "uncertain" and low["reason"] == "low_confidence"
+    dis = ens.combine_file(_win({"cv_mel": [0.05], "voice_profile": [0.97], "frames": [0.95]}, [0.9]),
+                           speech_s=[4.0], params=ModelParams(disagreement=0.5))
+    assert dis["label"] == "uncertain" and dis["reason"] == "members_disagree"
+    ok = ens.combine_file(_win({"cv_mel": [0.05], "voice_profile": [0.97], "frames": [0.95]}, [0.9]),
+                          speech_s=[4.0], params=ModelParams(disagreement=0.95))
+    assert ok["label"] == "male"
+    lenient = ens.combine_file(_win({"cv_mel": [0.6], "voice_profile": [0.65], "frames": [0.7]}, [0.66]),
+                               speech_s=[4.0], params=ModelParams(confidence_threshold=0.6))
+    assert lenient["label"] == "male"
+
+
+def test_model_params_reject_unknown_keys():
+    with pytest.raises(Exception):
+        ModelParams(confidence=0.9)
+
+
+# --- the shipped bundle ------------------------------------------------------------------------------
+
+
+def test_shipped_bundle_verifies_loads_and_predicts():
+    manifest = verify_bundle(SHIPPED_BUNDLE)
+    size = sum((SHIPPED_BUNDLE / f).stat().st_size for f in manifest["files"])
+    assert size < 10 * 2**20, "bundle must stay a few MB"
+    ens = load_ensemble()
+    assert ens.members == manifest["members"]
+    cols = ens.spec["members"].get("voice_profile", {}).get("config", {}).get("feature_columns", [])
+    rng = np.random.default_rng(1)
+    feats = pd.DataFrame({c: rng.normal(size=4) for c in cols})
+    feats["mel128"] = [rng.gamma(1.0, 0.01, 128).astype(np.float32) for _ in range(4)]
+    logmels = [rng.normal(-5, 2, size=(64, 300)).astype(np.float32) for _ in range(4)]
+    out = ens.predict_windows(feats, logmels)
+    assert list(out.columns) == [f"p_male_{m}" for m in ens.members] + ["p_male"]
+    assert out.shape == (4, len(ens.members) + 1)
+    assert np.isfinite(out["p_male"]).all()
+    ident = ens.identity
+    assert ident["version"] and ident["files"] == manifest["files"]
+
+
+def test_shipped_cv_mel_is_gain_invariant():
+    ens = load_ensemble(params=ModelParams(members=["cv_mel"]))
+    rng = np.random.default_rng(2)
+    mel = rng.gamma(1.0, 0.01, (3, 128))
+    a = ens.predict_windows(pd.DataFrame({"mel128": list(mel)}), None)
+    b = ens.predict_windows(pd.DataFrame({"mel128": list(mel * 100.0)}), None)
+    np.testing.assert_allclose(a["p_male"], b["p_male"], atol=1e-4)
+
+
+@pytest.mark.data
+@pytest.mark.skipif(not (SHARED / "commonvoice-mel128" / "features.parquet").is_file(),
+                    reason="needs ../shared/data/commonvoice-mel128 (not part of the repository)")
+def test_shipped_cv_mel_on_common_voice_sample():
+    df = pd.read_parquet(SHARED / "commonvoice-mel128" / "features.parquet").iloc[-2000:]
+    ens = load_ensemble(params=ModelParams(members=["cv_mel"]))
+    out = ens.predict_windows(df[["mel128"]], None)
+    acc = ((out["p_male"] > 0.5) == (df["gender"].to_numpy() == "male")).mean()
+    assert acc > 0.93          # trained on these clips: a sanity check, not a held-out metric
