@@ -51,6 +51,7 @@ def run(
     """Analyse every audio file under INPUT and write Parquet tables (and a report) to OUT."""
     _quiet_libraries()
     from grv_batch import runner
+    from grv_batch.models import BundleError
     from grv_batch.spec import JobError, load_job
     from grv_batch.storage import parse_storage_options
 
@@ -74,6 +75,8 @@ def run(
                                      console=console, progress=not no_progress)
     except (runner.InputError, runner.OutputConflict, runner.IncompleteRun) as exc:
         _fail(str(exc))
+    except BundleError as exc:
+        _fail(f"model bundle: {exc}")
     except OSError as exc:
         from grv_batch.storage import redact_text, secret_values
 

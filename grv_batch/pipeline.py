@@ -102,17 +102,36 @@ def predictions_schema(member_names: Sequence[str], metadata_schema: pa.Schema) 
     return pa.schema(fields)
 
 
-def _limit_threads() -> None:
-    """One thread per worker process for the numeric libraries: processes give the parallelism."""
-    if os.environ.get("_GRV_THREADS_LIMITED"):
+_WORKER_READY = False
+
+
+def _prepare_worker() -> None:
+    """Once per worker process: one numeric thread (processes give the parallelism), and
+    TensorFlow imported with its C++ start-up banner kept off the user's terminal."""
+    global _WORKER_READY
+    if _WORKER_READY:
         return
-    os.environ["_GRV_THREADS_LIMITED"] = "1"
+    _WORKER_READY = True
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(1)
     except Exception:  # noqa: BLE001 - best effort
         pass
+    import sys
+
+    if "tensorflow" not in sys.modules:
+        # TensorFlow's absl/oneDNN notices are written by C++ straight to fd 2 at import, whatever
+        # TF_CPP_MIN_LOG_LEVEL says; silence fd 2 for the import only (errors still raise).
+        saved = os.dup(2)
+        try:
+            with open(os.devnull, "w") as null:
+                os.dup2(null.fileno(), 2)
+                import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def derive_speaker(path: str, pattern: str | None) -> str | None:
@@ -149,7 +168,7 @@ def process_batch(task: BatchTask, *, job, layout: OutputLayout,
     from grv_batch.models import load_ensemble
     from grv_batch.stages.decode import DecodeError, probe
 
-    _limit_threads()
+    _prepare_worker()
     started = time.perf_counter()
     options = dict(storage_options or {})
     ensemble = load_ensemble(job.model.bundle, params=job.model)

@@ -27,6 +27,8 @@ from grv_batch.pipeline import (BATCHES_DIR, SHARD_TABLES, BatchTask, OutputLayo
                                 error_batch_record, process_batch)
 
 JOB_FILE = "_job.json"
+MIN_TASKS = 32  # split a corpus into at least this many tasks when batches allow
+MIN_BATCH_AUDIO_S = 10.0
 RUN_FILE = "_run.json"
 
 
@@ -202,14 +204,16 @@ def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | No
     fs, out = storage.filesystem(out_url, options)
     resuming = _prepare_out(fs, out, job, input_url=input_url)
 
-    from grv_batch.models import bundle_members
-
-    members = tuple(bundle_members(job.model.bundle, params=job.model))
+    members = _member_names(job.model)
     meta_schema = _metadata_schema(metadata)
     layout = OutputLayout(out_url=out_url, metadata_schema=meta_schema, member_names=members,
                           compression=job.output.compression, secrets=secrets)
 
-    batches = plan_batches(corpus.files, target_audio_s=job.execution.batch_audio_s,
+    # Small corpora get smaller tasks so every worker has work; the split depends only on the
+    # corpus and the job (not on the number of workers), so a rerun finds the same batches.
+    estimated_total = sum(f.estimated_s for f in corpus.files)
+    target = min(job.execution.batch_audio_s, max(estimated_total / MIN_TASKS, MIN_BATCH_AUDIO_S))
+    batches = plan_batches(corpus.files, target_audio_s=target,
                            max_files=job.execution.max_files_per_batch)
     tasks = [BatchTask(batch_id=batch_id_for(b), files=tuple(b),
                        metadata=tuple(joined.by_path.get(f.path) for f in b)) for b in batches]
@@ -416,6 +420,19 @@ def _metadata_schema(metadata) -> pa.Schema:
             kind = pa.string()
         fields.append(pa.field(f.name, kind))
     return pa.schema(fields)
+
+
+def _member_names(params) -> tuple[str, ...]:
+    """Members of the bundle the job uses, read (and hash-checked) without loading any model."""
+    import json
+    from pathlib import Path
+
+    from grv_batch.models.bundle import ENSEMBLE_JSON, SHIPPED_BUNDLE, verify_bundle
+
+    root = Path(params.bundle or SHIPPED_BUNDLE).expanduser()
+    verify_bundle(root)
+    available = list(json.loads((root / ENSEMBLE_JSON).read_text())["members"])
+    return tuple(params.members if params.members is not None else available)
 
 
 def _previous_identity(fs, out: str) -> Any:

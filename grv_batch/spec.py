@@ -19,9 +19,9 @@ from pydantic import Field, ValidationError
 
 from grv_batch._params import Params
 from grv_batch.discovery import InputParams
-from grv_batch.features import AnalysisParams
-from grv_batch.models.params import ModelParams
-from grv_batch.report.params import ReportParams
+from grv_batch.features import AnalysisParams, FeatureParams
+from grv_batch.models import ModelParams
+from grv_batch.report import ReportParams
 from grv_batch.speakers import SpeakerParams
 from grv_batch.stages.decode import DecodeParams
 from grv_batch.stages.denoise import DenoiseParams
@@ -29,7 +29,6 @@ from grv_batch.stages.normalize import NormalizeParams
 from grv_batch.stages.resample import ResampleParams
 from grv_batch.stages.segment import SegmentParams
 from grv_batch.stages.speech import SpeechParams
-from grv_batch.features import FeatureParams
 
 
 class ExecutionParams(Params):
