@@ -1,0 +1,79 @@
+"""Shared STFT and spectral-shape features (centroid, bandwidth, roll-off, flatness)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import librosa
+import numpy as np
+
+__all__ = ["SPECTRAL_COLUMNS", "mel_filterbank", "power_spectrogram", "spectral_features"]
+
+SPECTRAL_COLUMNS: tuple[str, ...] = (
+    "spectral_centroid_hz",
+    "spectral_bandwidth_hz",
+    "spectral_rolloff_hz",
+    "spectral_flatness",
+)
+
+
+def power_spectrogram(y: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
+    """Power STFT with a Hann window, frames centred on multiples of ``hop_length``.
+
+    Parameters
+    ----------
+    y : np.ndarray
+        Shape ``(n,)``.
+
+    Returns
+    -------
+    np.ndarray
+        Shape ``(n_fft // 2 + 1, 1 + n // hop_length)`` float32.
+    """
+    if y.size < n_fft // 2 + 1:
+        # reflect padding needs n > n_fft/2; zero-pad tiny inputs instead
+        y = np.pad(y, (0, n_fft // 2 + 1 - y.size))
+    spec = librosa.stft(y, n_fft=n_fft, hop_length=hop_length, center=True)
+    n_frames = 1 + y.size // hop_length
+    return (np.abs(spec[:, :n_frames]) ** 2).astype(np.float32)
+
+
+@lru_cache(maxsize=16)
+def mel_filterbank(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    """Cached librosa (Slaney) mel filterbank, shape ``(n_mels, n_fft // 2 + 1)`` float32."""
+    fb = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=min(fmax, sr / 2))
+    fb.setflags(write=False)
+    return fb
+
+
+def spectral_features(power: np.ndarray, sr: int, n_fft: int) -> dict[str, float]:
+    """Mean spectral shape over the given frames.
+
+    Parameters
+    ----------
+    power : np.ndarray
+        Shape ``(n_fft // 2 + 1, k)`` power spectra of the frames to describe (speech frames).
+
+    Returns
+    -------
+    dict
+        :data:`SPECTRAL_COLUMNS`; NaN when ``k == 0``. Definitions follow librosa: centroid and
+        bandwidth are magnitude-weighted, roll-off at 85 % of magnitude, flatness on power.
+    """
+    if power.shape[1] == 0:
+        return dict.fromkeys(SPECTRAL_COLUMNS, float("nan"))
+    freqs = np.fft.rfftfreq(n_fft, 1.0 / sr)[:, None]
+    mag = np.sqrt(power, dtype=np.float64)
+    total = np.maximum(mag.sum(axis=0), 1e-12)
+    centroid = (freqs * mag).sum(axis=0) / total
+    bandwidth = np.sqrt(((freqs - centroid) ** 2 * mag).sum(axis=0) / total)
+    cum = np.cumsum(mag, axis=0)
+    rolloff = freqs[np.argmax(cum >= 0.85 * cum[-1], axis=0), 0]
+    p = np.maximum(power.astype(np.float64), 1e-10)
+    flatness = np.exp(np.mean(np.log(p), axis=0)) / np.mean(p, axis=0)
+    return {
+        "spectral_centroid_hz": float(centroid.mean()),
+        "spectral_bandwidth_hz": float(bandwidth.mean()),
+        "spectral_rolloff_hz": float(rolloff.mean()),
+        "spectral_flatness": float(flatness.mean()),
+    }

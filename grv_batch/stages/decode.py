@@ -1,0 +1,202 @@
+"""Decoding audio with soundfile, block by block, with user-readable errors.
+
+Audio is never held whole: :func:`iter_blocks` yields mono float32 blocks of ``block_s`` seconds at the
+native sample rate, so a two-hour recording costs one block of memory here. Every failure mode we know
+of (empty, not audio, header only, truncated, NaN samples, permissions) becomes a :class:`DecodeError`
+whose message can be shown to a user as is.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO, Any, Union
+
+import numpy as np
+import soundfile as sf
+from pydantic import Field
+
+from grv_batch._params import Params
+
+Source = Union[str, "os.PathLike[str]", IO[bytes]]
+
+__all__ = ["AudioInfo", "DecodeError", "DecodeParams", "iter_blocks", "probe"]
+
+# Formats whose frame count libsndfile derives from a bitrate estimate (VBR MP3) rather than a header
+# field; for these a short read is not evidence of truncation.
+_INEXACT_FRAME_FORMATS = {"MP3", "OGG"}
+
+
+class DecodeParams(Params):
+    """Parameters of the decode stage.
+
+    Attributes
+    ----------
+    block_s : float
+        Length of each yielded block in seconds (> 0). Bounds memory: one block is held at a time.
+    """
+
+    block_s: float = Field(30.0, gt=0, le=3600)
+
+
+class DecodeError(Exception):
+    """The source cannot be used as audio; ``str(err)`` is a sentence meant for a user."""
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What the container header says about a source.
+
+    ``frames`` may be an estimate for MP3 (libsndfile derives it from the bitrate); the analysis
+    replaces it with the number of frames actually decoded.
+    """
+
+    sample_rate: int
+    channels: int
+    frames: int
+    duration_s: float
+    format: str
+    subtype: str
+
+
+def _is_path(source: Any) -> bool:
+    return isinstance(source, (str, bytes, os.PathLike))
+
+
+def _check_size(source: Any) -> None:
+    """Reject 0-byte sources before libsndfile gives a cryptic message for them."""
+    if _is_path(source):
+        try:
+            size = os.path.getsize(source)
+        except PermissionError as exc:
+            raise DecodeError("cannot open: permission denied") from exc
+        except FileNotFoundError as exc:
+            raise DecodeError(f"cannot open: file not found ({os.fspath(source)!s})") from exc
+        except OSError as exc:
+            raise DecodeError(f"cannot open: {exc.strerror or exc}") from exc
+    else:
+        try:
+            source.seek(0, io.SEEK_END)
+            size = source.tell()
+            source.seek(0)
+        except (AttributeError, OSError, ValueError) as exc:
+            raise DecodeError(f"cannot open: source is not a seekable binary file ({exc})") from exc
+    if size == 0:
+        raise DecodeError("empty file (0 bytes)")
+
+
+@contextmanager
+def _open(source: Source) -> Iterator[sf.SoundFile]:
+    _check_size(source)
+    try:
+        f = sf.SoundFile(source, "r")
+    except PermissionError as exc:
+        raise DecodeError("cannot open: permission denied") from exc
+    except sf.LibsndfileError as exc:
+        reason = exc.error_string or str(exc)
+        if "ermission denied" in reason:
+            raise DecodeError("cannot open: permission denied") from exc
+        raise DecodeError(f"not a readable audio file: {reason}") from exc
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise DecodeError(f"not a readable audio file: {exc}") from exc
+    try:
+        if f.samplerate <= 0 or f.channels <= 0:
+            raise DecodeError("not a readable audio file: invalid sample rate or channel count")
+        yield f
+    finally:
+        f.close()
+
+
+def _info(f: sf.SoundFile) -> AudioInfo:
+    frames = max(int(f.frames), 0)
+    return AudioInfo(
+        sample_rate=int(f.samplerate),
+        channels=int(f.channels),
+        frames=frames,
+        duration_s=frames / float(f.samplerate),
+        format=str(f.format),
+        subtype=str(f.subtype),
+    )
+
+
+def probe(source: Source) -> AudioInfo:
+    """Read the header of ``source`` without decoding samples.
+
+    Parameters
+    ----------
+    source : str, os.PathLike or binary file object
+        Local path or seekable binary file (e.g. opened by fsspec). File objects are rewound.
+
+    Returns
+    -------
+    AudioInfo
+
+    Raises
+    ------
+    DecodeError
+        Empty, unreadable, or header-only (zero frames) sources.
+    """
+    with _open(source) as f:
+        info = _info(f)
+    if info.frames == 0 and info.format not in _INEXACT_FRAME_FORMATS:
+        raise DecodeError("no audio samples (header only)")
+    return info
+
+
+def iter_blocks(source: Source, params: DecodeParams | None = None) -> Iterator[np.ndarray]:
+    """Yield the audio as mono float32 blocks at the native sample rate.
+
+    Parameters
+    ----------
+    source : str, os.PathLike or binary file object
+        Local path or seekable binary file. File objects are rewound first.
+    params : DecodeParams, optional
+
+    Yields
+    ------
+    np.ndarray
+        Shape ``(n,)`` float32, ``n <= block_s * sample_rate`` (only the last block is shorter).
+        Multi-channel audio is mixed down by the mean over channels.
+
+    Raises
+    ------
+    DecodeError
+        For every unusable source, possibly after some blocks were already yielded (truncation,
+        non-finite samples discovered mid-file).
+    """
+    params = params or DecodeParams()
+    with _open(source) as f:
+        info = _info(f)
+        sr = info.sample_rate
+        block = max(int(round(params.block_s * sr)), 1)
+        done = 0
+        while True:
+            try:
+                data = f.read(block, dtype="float32", always_2d=True)
+            except (sf.LibsndfileError, RuntimeError) as exc:
+                raise DecodeError(
+                    f"truncated or corrupt audio after {done / sr:.1f} s: {exc}"
+                ) from exc
+            n = data.shape[0]
+            if n == 0:
+                break
+            # Mix-down by mean (not sum) keeps the level of a mono source copied to both channels.
+            mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
+            if not np.isfinite(mono).all():
+                raise DecodeError("non-finite samples (NaN or inf)")
+            done += n
+            yield np.ascontiguousarray(mono, dtype=np.float32)
+            if n < block:
+                break
+    if done == 0:
+        raise DecodeError("no audio samples (header only)")
+    # A lossless container that promised more frames than it delivered was cut short; libsndfile
+    # reads such files silently up to the cut, so we check the count ourselves.
+    if info.format not in _INEXACT_FRAME_FORMATS and done < info.frames:
+        raise DecodeError(
+            f"truncated or corrupt audio after {done / sr:.1f} s: header promises "
+            f"{info.frames / sr:.1f} s"
+        )

@@ -1,0 +1,163 @@
+"""Energy-based speech activity with an adaptive noise floor.
+
+Frames are centred on multiples of the hop (like ``librosa.stft(center=True)``), so frame ``i`` of
+the mask lines up with frame ``i`` of every STFT with the same hop: ``n_frames = 1 + n // hop``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from grv_batch._params import Params
+
+__all__ = ["SpeechActivity", "SpeechParams", "frame_energy_db", "speech_activity"]
+
+_FLOOR_DB = -120.0  # energy of digital silence is clamped here instead of -inf
+
+
+class SpeechParams(Params):
+    """Parameters of speech activity detection.
+
+    Attributes
+    ----------
+    frame_ms, hop_ms : float
+        Analysis frame length and hop in milliseconds.
+    noise_percentile : float
+        Percentile of frame energies (dB) taken as the noise floor.
+    margin_db : float
+        A frame is speech when its energy exceeds the noise floor by this much ...
+    abs_floor_dbfs : float
+        ... and exceeds this absolute level (so digital silence and hiss are never speech).
+    fill_gap_s : float
+        Non-speech gaps shorter than this between speech frames are filled (hangover).
+    min_run_s : float
+        Speech runs shorter than this are dropped (clicks, pops).
+    min_speech_s : float
+        Windows with less detected speech than this are treated as having none: their
+        speech-based features are NaN.
+    """
+
+    frame_ms: float = Field(25.0, gt=1.0, le=200.0)
+    hop_ms: float = Field(10.0, gt=1.0, le=100.0)
+    noise_percentile: float = Field(10.0, ge=0.0, le=50.0)
+    margin_db: float = Field(6.0, ge=0.0, le=60.0)
+    abs_floor_dbfs: float = Field(-55.0, le=0.0, ge=-120.0)
+    fill_gap_s: float = Field(0.2, ge=0.0, le=5.0)
+    min_run_s: float = Field(0.1, ge=0.0, le=5.0)
+    min_speech_s: float = Field(0.5, ge=0.0)
+
+    @model_validator(mode="after")
+    def _hop_le_frame(self) -> SpeechParams:
+        if self.hop_ms > self.frame_ms:
+            raise ValueError("hop_ms must not exceed frame_ms")
+        return self
+
+
+@dataclass(frozen=True)
+class SpeechActivity:
+    """Result of :func:`speech_activity`.
+
+    Attributes
+    ----------
+    mask : np.ndarray
+        Shape ``(n_frames,)`` bool, True for speech; ``n_frames = 1 + n // hop``.
+    hop_s : float
+        Frame hop in seconds.
+    speech_s : float
+        Seconds of speech (``mask.sum() * hop_s``).
+    speech_ratio : float
+        Share of frames that are speech, in [0, 1].
+    """
+
+    mask: np.ndarray
+    hop_s: float
+    speech_s: float
+    speech_ratio: float
+
+
+def frame_energy_db(audio: np.ndarray, frame: int, hop: int) -> np.ndarray:
+    """Mean-square energy in dBFS of centred frames.
+
+    Parameters
+    ----------
+    audio : np.ndarray
+        Shape ``(n,)``.
+    frame, hop : int
+        Frame length and hop in samples.
+
+    Returns
+    -------
+    np.ndarray
+        Shape ``(1 + n // hop,)`` float64, clamped below at -120 dB.
+    """
+    n = audio.size
+    n_frames = 1 + n // hop
+    # Running sum of squares gives every frame's energy in O(n), without materialising frames.
+    half = frame // 2
+    sq = np.concatenate([np.zeros(half), audio.astype(np.float64) ** 2, np.zeros(frame)])
+    csum = np.concatenate([[0.0], np.cumsum(sq)])
+    starts = np.arange(n_frames) * hop
+    energy = (csum[starts + frame] - csum[starts]) / frame
+    return 10.0 * np.log10(np.maximum(energy, 10 ** (_FLOOR_DB / 10)))
+
+
+def _runs(mask: np.ndarray, value: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end (exclusive) indices of runs of ``value`` in ``mask``."""
+    m = np.concatenate([[False], mask == value, [False]]).astype(np.int8)
+    d = np.diff(m)
+    return np.flatnonzero(d == 1), np.flatnonzero(d == -1)
+
+
+def speech_activity(audio: np.ndarray, sr: int, params: SpeechParams | None = None) -> SpeechActivity:
+    """Detect speech frames from energy.
+
+    Parameters
+    ----------
+    audio : np.ndarray
+        Shape ``(n,)``, mono, ideally denoised and normalised.
+    sr : int
+        Sample rate in Hz.
+    params : SpeechParams, optional
+
+    Returns
+    -------
+    SpeechActivity
+    """
+    params = params or SpeechParams()
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim != 1:
+        raise ValueError(f"audio must be mono, shape (n,), got {audio.shape}")
+    frame = max(int(round(params.frame_ms * sr / 1000)), 1)
+    hop = max(int(round(params.hop_ms * sr / 1000)), 1)
+    hop_s = hop / sr
+    db = frame_energy_db(audio, frame, hop)
+    floor = float(np.percentile(db, params.noise_percentile))
+    top = float(np.percentile(db, 99.0))
+    # Adaptive threshold, but never above "top - margin": a signal without pauses (a steady vowel)
+    # has its floor at its own level and would otherwise have no speech at all.
+    thr = min(floor + params.margin_db, top - params.margin_db)
+    thr = max(thr, params.abs_floor_dbfs)
+    mask = db > thr
+    gap = int(round(params.fill_gap_s / hop_s))
+    if gap > 0 and mask.any():
+        starts, ends = _runs(mask, False)
+        for s, e in zip(starts, ends, strict=True):
+            # only interior gaps: leading/trailing non-speech stays non-speech
+            if s > 0 and e < mask.size and e - s <= gap:
+                mask[s:e] = True
+    min_run = int(round(params.min_run_s / hop_s))
+    if min_run > 0 and mask.any():
+        starts, ends = _runs(mask, True)
+        for s, e in zip(starts, ends, strict=True):
+            if e - s < min_run:
+                mask[s:e] = False
+    n_speech = int(mask.sum())
+    return SpeechActivity(
+        mask=mask,
+        hop_s=hop_s,
+        speech_s=n_speech * hop_s,
+        speech_ratio=n_speech / mask.size,
+    )
