@@ -55,6 +55,9 @@ def make_run(*, seed: int = 7, ground_truth: bool = True, n_speakers: int = 48, 
                     "confidence": conf,
                     "label": label,
                     "reason": reason,
+                    "speech_s": speech,  # the pipeline carries these three: never groupings
+                    "duration_s": speech + 1.0,
+                    "n_windows": 1 + k % 3,
                     "gender": gender if ground_truth else None,
                     "accent": accent,
                     "age_band": ["18-29", "30-49", "50+"][(s // 3) % 3],
@@ -284,7 +287,8 @@ def test_largest_gaps(run_gt):
 def test_default_groups_and_params():
     pred, feat, _, _ = make_run(n_speakers=36, files_per=2)  # 'age' then has 36 values
     g = group_metrics(pred, feat, params=ReportParams(n_bootstrap=0, derived_bands=False))
-    assert set(g["group_by"]) == {"all", "accent", "age_band"}  # not corpus, utterance, age, gender
+    # not corpus (one value), utterance (free text), age (36 values), gender, n_windows (pipeline's)
+    assert set(g["group_by"]) == {"all", "accent", "age_band"}
     assert g.loc[g["metric"] != "n", "ci_low"].isna().all()  # no bootstrap, no intervals
     with pytest.raises(ValidationError):
         ReportParams(n_bootstrap=-1)
@@ -350,3 +354,23 @@ def test_html_renders_in_chromium(run_gt, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
     assert png.exists() and png.stat().st_size > 10_000
+
+
+def test_fsspec_url(tmp_path):
+    """OUT given as an fsspec URL (in-memory filesystem standing in for a bucket)."""
+    import fsspec
+
+    pred, feat, files, spk = make_run(n_speakers=10, files_per=3)
+    fs = fsspec.filesystem("memory")
+    root = "memory://grv-report-test/run"
+    for name, df in [("predictions", pred), ("features", feat), ("files", files), ("speakers", spk)]:
+        with fs.open(f"{root}/{name}/part-0.parquet", "wb") as fh:
+            df.to_parquet(fh, index=False)
+    try:
+        folder = build_report(root, params=ReportParams(n_bootstrap=10), storage_options={})
+        assert folder == f"{root}/report"
+        with fs.open(f"{folder}/groups.parquet", "rb") as fh:
+            g = pd.read_parquet(fh)
+        assert len(g) and fs.exists(f"{folder}/report.html")
+    finally:
+        fs.rm("memory://grv-report-test", recursive=True)

@@ -11,11 +11,14 @@ from . import _html as H
 from . import _plots as P
 from ._config import ReportParams
 from ._io import join_url, parquet_bytes, read_metadata, read_table, rejoin_metadata, write_bytes
-from ._metrics import _ground_truth, build_groupings, evaluate, gaps_from_results
+from ._metrics import BANDS, _ground_truth, build_groupings, evaluate, gaps_from_results
+
+FEATURE_COLUMNS = [b[1] for b in BANDS]
 
 AUDIT_ROWS = 200
 SPEAKER_ROWS = 50
 MAX_CURVES = 8
+MIN_BIN_FILES = 5
 
 
 def build_report(
@@ -52,7 +55,7 @@ def build_report(
     predictions = read_table(out, "predictions", storage_options)
     if predictions is None:
         raise FileNotFoundError(f"no predictions table under {out}: is this a finished grv-batch run?")
-    features = read_table(out, "features", storage_options)
+    features = read_table(out, "features", storage_options, columns=["file_id", *FEATURE_COLUMNS])
     files = read_table(out, "files", storage_options)
     speakers = read_table(out, "speakers", storage_options)
     if metadata is not None:
@@ -178,22 +181,15 @@ def render_html(
         "that reaches down to about zero means the groups may not really differ.</p>"
     )
     if len(gaps):
-        show = gaps[gaps["metric"].isin(["accuracy", "recall_female", "recall_male", "coverage",
-                                         "accuracy_confident", "ece", "share_female", "mean_confidence"])]
-        if with_gt:
-            show = show[show["metric"] != "share_female"]
-        rows = []
-        for _, g in show.head(60).iterrows():
-            m = g["metric"]
-            rows.append([
-                H.esc(g["group_by"]), H.esc(m), H.esc(H.fmt(m, g["gap"]).replace("%", " pts")),
-                f'<span class="ci">{H.esc(H.fmt_ci(m, g["ci_low"], g["ci_high"]))}</span>',
-                f'{H.esc(g["group_high"])} ({H.esc(H.fmt(m, g["value_high"]))})',
-                f'{H.esc(g["group_low"])} ({H.esc(H.fmt(m, g["value_low"]))})',
-                H.esc(g["n_groups"]),
-            ])
-        parts.append(H.table(["grouping", "metric", "gap", f"{level} interval", "highest", "lowest", "groups"],
-                             rows, left=2))
+        main = ["accuracy", "recall_female", "recall_male", "coverage"] if with_gt else [
+            "coverage", "share_female", "mean_confidence"]
+        other = ["accuracy_confident", "ece", "mean_confidence"] if with_gt else []
+        headers = ["grouping", "metric", "gap", f"{level} interval", "highest", "lowest", "groups"]
+        parts.append(H.table(headers, _gap_rows(gaps[gaps["metric"].isin(main)]), left=2))
+        rest = gaps[gaps["metric"].isin(other)]
+        if len(rest):
+            parts.append(f"<details><summary>Gaps in {', '.join(other)} ({len(rest)})</summary>"
+                         + H.table(headers, _gap_rows(rest), left=2) + "</details>")
         if with_gt:
             parts.append("<p class=\"sub\">share_female gaps are left out here: with ground truth they mostly "
                          "reflect each group's real make-up, not an error.</p>")
@@ -225,7 +221,7 @@ def render_html(
     )
     curve = ("files with ground truth", conf[has_gt], correct[has_gt]) if with_gt else ("all files", conf, None)
     fig = P.threshold_curves([curve], combined=True)
-    parts.append('<div class="plots">' + P.to_img(fig, "accuracy and coverage vs threshold") + "</div>")
+    threshold_img = P.to_img(fig, "accuracy and coverage vs threshold")
     tt_cov = P.threshold_table(conf, None)
     tt_acc = P.threshold_table(conf[has_gt], correct[has_gt]) if with_gt else None
     rows = []
@@ -235,7 +231,8 @@ def render_html(
         if tt_acc is not None:
             row.append(H.esc(H.fmt("accuracy", tt_acc["accuracy"][i])))
         rows.append(row)
-    parts.append(H.table(["threshold", "coverage (all files)"] + (["accuracy of kept"] if with_gt else []), rows))
+    parts.append('<div class="plots">' + threshold_img + H.table(
+        ["threshold", "coverage (all files)"] + (["accuracy of kept"] if with_gt else []), rows) + "</div>")
 
     # -- groups ----------------------------------------------------------------------------
     parts.append('<h2 id="groups">Groups</h2>')
@@ -263,7 +260,8 @@ def render_html(
             rr = _metric_row(sub, g.name, level_name)
             n_row = rr["n"]
             small = bool(n_row["small"])
-            name = H.esc(level_name) + ('<span class="tag">too small to compare</span>' if small else "")
+            name = f'<span class="gname">{H.esc(level_name)}</span>' + (
+                '<br><span class="tag" title="too small to compare">too small</span>' if small else "")
             row = [name, H.esc(f"{int(n_row['n_files']):,}"), H.esc(n_row["n_speakers"])]
             for m in headers[3:]:
                 r = rr[m]
@@ -273,7 +271,7 @@ def render_html(
                 row.append(txt)
             rows.append(row)
             classes.append("small" if small else "")
-        parts.append('<div class="scroll">' + H.table(headers, rows, row_classes=classes) + "</div>")
+        parts.append('<div class="scroll">' + H.table(headers, rows, row_classes=classes, cls="wide") + "</div>")
         plots = [P.to_img(P.bars(sub, [m for m in plot_metrics if m in metrics], g.order, overall_values),
                           f"{g.name}: metrics per group")]
         if "*" not in g.name:
@@ -285,7 +283,8 @@ def render_html(
                 curves = [(lv, p[(vals == lv) & has_gt], y[(vals == lv) & has_gt]) for lv in eligible]
                 curves = [c for c in curves if len(c[1])]
                 if curves:
-                    plots.append(P.to_img(P.reliability(curves, histogram=False), f"{g.name}: reliability"))
+                    plots.append(P.to_img(P.reliability(curves, histogram=False, min_count=MIN_BIN_FILES),
+                                          f"{g.name}: reliability"))
             if eligible:
                 if with_gt:
                     tc = [(lv, conf[(vals == lv) & has_gt], correct[(vals == lv) & has_gt]) for lv in eligible]
@@ -295,6 +294,15 @@ def render_html(
                 if tc:
                     plots.append(P.to_img(P.threshold_curves(tc, combined=False), f"{g.name}: threshold curves"))
         parts.append('<div class="plots">' + "".join(plots) + "</div>")
+        if len(plots) > 1:
+            parts.append(
+                f'<p class="caption">Per-group curves are drawn for at most {MAX_CURVES} groups that are large '
+                "enough to compare (the largest). "
+                + (f"Reliability: bins with fewer than {MIN_BIN_FILES} files of a group are left out. "
+                   if with_gt else "")
+                + "Threshold curves: how each group's "
+                + ("accuracy and " if with_gt else "") + "coverage move with the confidence threshold.</p>"
+            )
 
     # -- speakers --------------------------------------------------------------------------
     parts.append('<h2 id="speakers">Speakers</h2>')
@@ -333,6 +341,21 @@ def render_html(
     parts.append(f"<footer>groups.parquet next to this page holds every number shown here. "
                  f"Bootstrap seed {params.seed}.</footer>")
     return H.page("grv-batch evaluation report", "\n".join(parts))
+
+
+def _gap_rows(gaps: pd.DataFrame) -> list[list[str]]:
+    rows = []
+    for _, g in gaps.iterrows():
+        m = g["metric"]
+        gap = H.fmt(m, g["gap"]).replace("%", " pts")
+        rows.append([
+            H.esc(g["group_by"]), H.esc(m), H.esc(gap),
+            f'<span class="ci">{H.esc(H.fmt_ci(m, g["ci_low"], g["ci_high"]))}</span>',
+            f'{H.esc(g["group_high"])} ({H.esc(H.fmt(m, g["value_high"]))})',
+            f'{H.esc(g["group_low"])} ({H.esc(H.fmt(m, g["value_low"]))})',
+            H.esc(g["n_groups"]),
+        ])
+    return rows
 
 
 def _speakers_section(predictions: pd.DataFrame, speakers: pd.DataFrame | None, gt: pd.Series) -> str:

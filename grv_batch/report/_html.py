@@ -20,14 +20,18 @@ h2 { font-size: 1.25em; margin-top: 2.2em; padding-bottom: 0.25em; border-bottom
 h3 { font-size: 1.05em; margin-top: 1.6em; }
 p.sub { color: #5b6475; margin-top: 0; }
 table { border-collapse: collapse; margin: 0.6em 0 1em; font-size: 13px; }
-th, td { padding: 4px 9px; border-bottom: 1px solid #e3e6eb; text-align: right; vertical-align: top; }
+th, td { padding: 4px 8px; border-bottom: 1px solid #e3e6eb; text-align: right; vertical-align: top; }
 th { background: #eef1f5; font-weight: 600; }
 td.l, th.l { text-align: left; }
 tr.small td { color: #8a919e; font-style: italic; }
+.gname { white-space: nowrap; }
+p.caption { color: #5b6475; font-size: 13px; margin: 0.3em 0 0.8em; }
 tbody tr:nth-child(even) { background: #fafbfc; }
-.ci { color: #6b7385; font-size: 0.88em; white-space: nowrap; }
+.ci { color: #6b7385; font-size: 0.85em; white-space: nowrap; }
+table.wide { font-size: 12.5px; }
+table.wide th, table.wide td { padding: 4px 6px; }
 .tag { display: inline-block; font-size: 11px; padding: 0 6px; border-radius: 8px; background: #eceef2;
-       color: #5b6475; font-style: normal; margin-left: 4px; }
+       color: #5b6475; font-style: normal; margin-left: 4px; white-space: nowrap; }
 .note { background: #fff8e6; border-left: 4px solid #e0a800; padding: 8px 12px; margin: 1em 0; }
 .info { background: #eef5ff; border-left: 4px solid #3366aa; padding: 8px 12px; margin: 1em 0; }
 .cards { display: flex; flex-wrap: wrap; gap: 12px; margin: 1em 0; }
@@ -74,7 +78,7 @@ def fmt_ci(metric: str, low: float, high: float) -> str:
 
 def cell(metric: str, value: float, low: float, high: float) -> str:
     ci = fmt_ci(metric, low, high)
-    return esc(fmt(metric, value)) + (f' <span class="ci">[{esc(ci)}]</span>' if ci else "")
+    return esc(fmt(metric, value)) + (f'<br><span class="ci">[{esc(ci)}]</span>' if ci else "")
 
 
 def table(
@@ -83,15 +87,19 @@ def table(
     *,
     left: int = 1,
     row_classes: Sequence[str] | None = None,
+    cls: str = "",
 ) -> str:
     """An HTML table. Cells are already-escaped HTML; headers are escaped here."""
-    head = "".join(f'<th class="{"l" if i < left else ""}">{esc(h)}</th>' for i, h in enumerate(headers))
+    head = "".join(
+        f'<th class="{"l" if i < left else ""}">{esc(h).replace("_", "_<wbr>")}</th>' for i, h in enumerate(headers)
+    )
     body = []
     for k, row in enumerate(rows):
         cls = f' class="{row_classes[k]}"' if row_classes and row_classes[k] else ""
         tds = "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(row))
         body.append(f"<tr{cls}>{tds}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    klass = f' class="{cls}"' if cls else ""
+    return f"<table{klass}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 def page(title: str, body: str) -> str:

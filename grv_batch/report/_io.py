@@ -21,12 +21,20 @@ def join_url(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
 
 
-def read_table(out: str, name: str, storage_options: dict | None = None) -> pd.DataFrame | None:
-    """One Parquet dataset of OUT as a DataFrame; ``None`` when the table does not exist."""
-    return read_dataset(join_url(out, name), storage_options)
+def read_table(
+    out: str, name: str, storage_options: dict | None = None, *, columns: list[str] | None = None
+) -> pd.DataFrame | None:
+    """One Parquet dataset of OUT as a DataFrame; ``None`` when the table does not exist.
+
+    ``columns`` reads only those of the listed columns that exist (the features table also holds
+    the 128 mel means, which the report does not need).
+    """
+    return read_dataset(join_url(out, name), storage_options, columns=columns)
 
 
-def read_dataset(url: str, storage_options: dict | None = None) -> pd.DataFrame | None:
+def read_dataset(
+    url: str, storage_options: dict | None = None, *, columns: list[str] | None = None
+) -> pd.DataFrame | None:
     """A Parquet file or a folder of Parquet files as a DataFrame; ``None`` when absent or empty.
 
     Shards are read one by one and concatenated with schema promotion, so a metadata column that
@@ -46,7 +54,9 @@ def read_dataset(url: str, storage_options: dict | None = None) -> pd.DataFrame 
     tables = []
     for f in files:
         with fs.open(f, "rb") as fh:
-            tables.append(pq.read_table(fh))
+            pf = pq.ParquetFile(fh)
+            cols = None if columns is None else [c for c in columns if c in pf.schema_arrow.names]
+            tables.append(pf.read(columns=cols))
     table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
     return table.to_pandas()
 

@@ -48,6 +48,8 @@ _OWN_COLUMNS = {
     "duration_s",
     "sample_rate",
     "channels",
+    "speech_s",
+    "n_windows",
 }
 
 N_BINS = 10

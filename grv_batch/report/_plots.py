@@ -82,8 +82,13 @@ def reliability_points(p: np.ndarray, y: np.ndarray) -> pd.DataFrame:
     return agg.reset_index()
 
 
-def reliability(curves: list[tuple[str, np.ndarray, np.ndarray]], *, histogram: bool) -> Figure:
-    """Reliability diagram: one line per curve, the diagonal is perfect calibration."""
+def reliability(
+    curves: list[tuple[str, np.ndarray, np.ndarray]], *, histogram: bool, min_count: int = 1
+) -> Figure:
+    """Reliability diagram: one line per curve, the diagonal is perfect calibration.
+
+    Bins holding fewer than ``min_count`` files of a curve are not drawn for that curve.
+    """
     fig = _figure(5.2 if histogram else 4.6, 4.6 if histogram else 3.8)
     if histogram:
         ax, axh = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
@@ -92,6 +97,7 @@ def reliability(curves: list[tuple[str, np.ndarray, np.ndarray]], *, histogram: 
     ax.plot([0, 1], [0, 1], color="#999999", ls=":", lw=1, label="perfect")
     for i, (name, p, y) in enumerate(curves):
         pts = reliability_points(p, y)
+        pts = pts[pts["n"] >= min_count]
         color = _COLORS[i % len(_COLORS)]
         ax.plot(pts["mean_p"], pts["share_male"], "-o", color=color, ms=3, lw=1.3, label=_short(name, 22))
     ax.set_xlim(0, 1)
