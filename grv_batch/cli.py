@@ -17,7 +17,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 StorageOptions = Annotated[
     Optional[list[str]],
@@ -70,9 +70,10 @@ def run(
     except (JobError, ValueError) as exc:
         _fail(str(exc))
     try:
+        plan = runner.plan_run(input, out, spec, metadata_url=metadata, console=console)
         with runner.dask_client(spec.execution, console=console) as client:
             summary = runner.run_job(input, out, spec, client=client, metadata_url=metadata,
-                                     console=console, progress=not no_progress)
+                                     console=console, progress=not no_progress, plan=plan)
     except (runner.InputError, runner.OutputConflict, runner.IncompleteRun) as exc:
         _fail(str(exc))
     except BundleError as exc:

@@ -100,10 +100,14 @@ def dask_client(execution, *, console=None) -> Iterator[Any]:
 # --------------------------------------------------------------------------- output ownership
 
 
-def _prepare_out(fs, out: str, job, *, input_url: str) -> bool:
-    """Check that OUT is ours (or new) and record the job in it. Returns True when resuming."""
+def _prepare_out(fs, out: str, job, *, input_url: str, model_sha256: str) -> bool:
+    """Check that OUT is ours (or new) and record the job in it. Returns True when resuming.
+
+    The identity is the job's result-changing settings plus the model bundle's manifest hash, so
+    a resumed run never mixes predictions of two different models.
+    """
     job_path = storage.join(out, JOB_FILE)
-    fingerprint = job.fingerprint()
+    fingerprint = f"{job.fingerprint()}-{model_sha256[:8]}"
     if storage.exists(fs, job_path):
         existing = storage.read_json(fs, job_path)
         same = existing.get("fingerprint") == fingerprint and existing.get("input") == input_url
@@ -164,8 +168,70 @@ def _clean_unfinished(fs, out: str, done: set[str]) -> int:
 # --------------------------------------------------------------------------- the run
 
 
+@dataclass
+class RunPlan:
+    """Everything checked and decided before any worker starts (see :func:`plan_run`)."""
+
+    input_url: str
+    out_url: str
+    job: Any
+    metadata_url: str | None
+    corpus: Corpus
+    joined: Any
+    tasks: list[BatchTask]
+    done: set[str]
+    resuming: bool
+    layout: OutputLayout
+
+
+def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = None,
+             console=None) -> RunPlan:
+    """Check INPUT, metadata, the model bundle and OUT, and split the corpus into batches.
+
+    Cheap and cluster-free, so unusable arguments fail before any worker starts.
+
+    Raises
+    ------
+    InputError, OutputConflict, grv_batch.models.BundleError
+        For unusable input, an OUT that belongs to another job, or a bundle failing its hashes.
+    """
+    options = dict(job.storage_options)
+    say = console.print if console else (lambda *a, **k: None)
+    corpus = discover(input_url, job.input, storage_options=options)
+    metadata = (load_metadata(metadata_url, input_url=input_url, storage_options=options)
+                if metadata_url else None)
+    joined = join_metadata(corpus, metadata)
+    if metadata is not None:
+        say(f"Metadata: {len(metadata)} rows; {joined.files_without_metadata} file(s) without a "
+            f"metadata row, {joined.metadata_without_files} row(s) without a file"
+            + (f" (e.g. {', '.join(joined.examples_missing_files[:3])})"
+               if joined.metadata_without_files else ""))
+    members, model_sha256 = _member_names(job.model)
+    fs, out = storage.filesystem(out_url, options)
+    resuming = _prepare_out(fs, out, job, input_url=input_url, model_sha256=model_sha256)
+    layout = OutputLayout(out_url=out_url, metadata_schema=_metadata_schema(metadata),
+                          member_names=members, compression=job.output.compression,
+                          secrets=tuple(storage.secret_values(options)))
+    # Small corpora get smaller tasks so every worker has work; the split depends only on the
+    # corpus and the job (not on the number of workers), so a rerun finds the same batches.
+    estimated_total = sum(f.estimated_s for f in corpus.files)
+    target = min(job.execution.batch_audio_s, max(estimated_total / MIN_TASKS, MIN_BATCH_AUDIO_S))
+    batches = plan_batches(corpus.files, target_audio_s=target,
+                           max_files=job.execution.max_files_per_batch)
+    tasks = [BatchTask(batch_id=batch_id_for(b), files=tuple(b),
+                       metadata=tuple(joined.by_path.get(f.path) for f in b)) for b in batches]
+    done = {n[:-len(".json")] for n in storage.list_names(fs, storage.join(out, BATCHES_DIR))
+            if n.endswith(".json") and "." not in n[:-len(".json")]}
+    done &= {t.batch_id for t in tasks}
+    say(f"Found {len(corpus.files)} audio file(s) in {input_url}; {len(tasks)} batch(es)"
+        + (f", {len(done)} already done (resuming)" if resuming and done else ""))
+    return RunPlan(input_url=input_url, out_url=out_url, job=job, metadata_url=metadata_url,
+                   corpus=corpus, joined=joined, tasks=tasks, done=done, resuming=resuming,
+                   layout=layout)
+
+
 def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | None = None,
-            console=None, progress: bool = True) -> RunSummary:
+            console=None, progress: bool = True, plan: RunPlan | None = None) -> RunSummary:
     """Run ``job`` over every audio file under ``input_url`` and write the tables to ``out_url``.
 
     Parameters
@@ -180,6 +246,9 @@ def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | No
         A ``distributed.Client``; the caller owns the cluster (see :func:`dask_client`).
     metadata_url
         Optional CSV/Parquet with a ``path`` column.
+    plan
+        The result of :func:`plan_run` when the caller checked the arguments before starting a
+        cluster; planned here otherwise.
 
     Raises
     ------
@@ -187,48 +256,17 @@ def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | No
         For unusable input or an OUT that belongs to another job.
     """
     started = time.perf_counter()
+    if plan is None:
+        plan = plan_run(input_url, out_url, job, metadata_url=metadata_url, console=console)
     options = dict(job.storage_options)
-    secrets = tuple(storage.secret_values(options))
+    secrets = plan.layout.secrets
     say = console.print if console else (lambda *a, **k: None)
-
-    corpus = discover(input_url, job.input, storage_options=options)
-    metadata = (load_metadata(metadata_url, input_url=input_url, storage_options=options)
-                if metadata_url else None)
-    joined = join_metadata(corpus, metadata)
-    if metadata is not None:
-        say(f"Metadata: {len(metadata)} rows; {joined.files_without_metadata} file(s) without a "
-            f"metadata row, {joined.metadata_without_files} row(s) without a file"
-            + (f" (e.g. {', '.join(joined.examples_missing_files[:3])})"
-               if joined.metadata_without_files else ""))
-
     fs, out = storage.filesystem(out_url, options)
-    resuming = _prepare_out(fs, out, job, input_url=input_url)
-
-    members = _member_names(job.model)
-    meta_schema = _metadata_schema(metadata)
-    layout = OutputLayout(out_url=out_url, metadata_schema=meta_schema, member_names=members,
-                          compression=job.output.compression, secrets=secrets)
-
-    # Small corpora get smaller tasks so every worker has work; the split depends only on the
-    # corpus and the job (not on the number of workers), so a rerun finds the same batches.
-    estimated_total = sum(f.estimated_s for f in corpus.files)
-    target = min(job.execution.batch_audio_s, max(estimated_total / MIN_TASKS, MIN_BATCH_AUDIO_S))
-    batches = plan_batches(corpus.files, target_audio_s=target,
-                           max_files=job.execution.max_files_per_batch)
-    tasks = [BatchTask(batch_id=batch_id_for(b), files=tuple(b),
-                       metadata=tuple(joined.by_path.get(f.path) for f in b)) for b in batches]
-    done = {n[:-len(".json")] for n in storage.list_names(fs, storage.join(out, BATCHES_DIR))
-            if n.endswith(".json") and "." not in n[:-len(".json")]}
-    planned = {t.batch_id for t in tasks}
-    done &= planned
-    _clean_unfinished(fs, out, done)
-    pending = [t for t in tasks if t.batch_id not in done]
-    say(f"Found {len(corpus.files)} audio file(s) in {input_url}; {len(tasks)} batch(es)"
-        + (f", {len(done)} already done (resuming)" if resuming and done else ""))
-
-    records = _execute(client, pending, job=job, layout=layout, options=options, console=console,
-                       progress=progress)
-    counts = _account(fs, out, corpus)
+    _clean_unfinished(fs, out, plan.done)
+    pending = [t for t in plan.tasks if t.batch_id not in plan.done]
+    records = _execute(client, pending, job=job, layout=plan.layout, options=options,
+                       console=console, progress=progress)
+    counts = _account(fs, out, plan.corpus)
     speakers_n = _write_speakers(fs, out, job, options)
     report_path = None
     report_error = None
@@ -244,6 +282,7 @@ def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | No
     model_identity = next((r.get("model") for r in records if r.get("model")), None)
     if model_identity is None:
         model_identity = _previous_identity(fs, out)
+    tasks, joined = plan.tasks, plan.joined
     summary = RunSummary(out=out_url, n_files=counts["n_files"], n_ok=counts["n_ok"],
                          n_error=counts["n_error"], n_batches=len(tasks),
                          n_batches_skipped=len(tasks) - len(pending),
@@ -251,7 +290,7 @@ def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | No
                          counts={**counts, "n_speakers": speakers_n,
                                  "files_without_metadata": joined.files_without_metadata,
                                  "metadata_without_files": joined.metadata_without_files,
-                                 "unmatched_files": corpus.unmatched})
+                                 "unmatched_files": plan.corpus.unmatched})
     storage.write_json_atomic(fs, storage.join(out, RUN_FILE), {
         "completed": _now(),
         "input": input_url,
@@ -422,17 +461,19 @@ def _metadata_schema(metadata) -> pa.Schema:
     return pa.schema(fields)
 
 
-def _member_names(params) -> tuple[str, ...]:
-    """Members of the bundle the job uses, read (and hash-checked) without loading any model."""
+def _member_names(params) -> tuple[tuple[str, ...], str]:
+    """Members of the bundle the job uses and the sha256 of its manifest, checked without
+    loading any model (so a tampered bundle stops the run before a worker starts)."""
     import json
     from pathlib import Path
 
-    from grv_batch.models.bundle import ENSEMBLE_JSON, SHIPPED_BUNDLE, verify_bundle
+    from grv_batch.models.bundle import ENSEMBLE_JSON, MANIFEST, SHIPPED_BUNDLE, sha256_file, verify_bundle
 
     root = Path(params.bundle or SHIPPED_BUNDLE).expanduser()
     verify_bundle(root)
     available = list(json.loads((root / ENSEMBLE_JSON).read_text())["members"])
-    return tuple(params.members if params.members is not None else available)
+    members = tuple(params.members if params.members is not None else available)
+    return members, sha256_file(root / MANIFEST)
 
 
 def _previous_identity(fs, out: str) -> Any:
@@ -461,5 +502,5 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-__all__ = ["run_job", "dask_client", "RunSummary", "OutputConflict", "IncompleteRun", "InputError",
+__all__ = ["run_job", "plan_run", "RunPlan", "dask_client", "RunSummary", "OutputConflict", "IncompleteRun", "InputError",
            "read_table"]
