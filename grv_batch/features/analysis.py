@@ -162,9 +162,12 @@ def analyze_window(
     feats: dict[str, float] = quality_features(raw, y_rs, sr16, activity)
     sel = power[:, speech]
     feats.update(spectral_features(sel, sr16, fp.n_fft))
-    f0, _ = yin(y, sr16, fp.hop_length, speech, fp.f0_min_hz, fp.f0_max_hz, fp.voicing_threshold)
-    feats.update(pitch_features(f0, speech.size, fp.min_voiced_frames))
-    voiced = speech[np.isfinite(f0)]
+    pitch_frames = speech[:: fp.pitch_step]
+    f0, _ = yin(
+        y, sr16, fp.hop_length, pitch_frames, fp.f0_min_hz, fp.f0_max_hz, fp.voicing_threshold
+    )
+    feats.update(pitch_features(f0, pitch_frames.size, fp.min_voiced_frames))
+    voiced = pitch_frames[np.isfinite(f0)]
     if voiced.size < fp.min_voiced_frames:
         voiced = voiced[:0]
     if voiced.size > fp.max_formant_frames:

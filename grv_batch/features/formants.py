@@ -92,7 +92,8 @@ def formant_tracks(
     if k == 0:
         return np.full((0, 3), np.nan), np.full((0, 3), np.nan)
     fs = int(round(2 * max_hz))
-    z = soxr.resample(np.asarray(y, dtype=np.float32), sr, fs, quality="MQ") if fs != sr else y
+    # LQ is ample here: LPC only needs the band below max_hz, and this runs on every window
+    z = soxr.resample(np.asarray(y, dtype=np.float32), sr, fs, quality="LQ") if fs != sr else y
     z = np.asarray(z, dtype=np.float64)
     # pre-emphasis from 50 Hz (as Praat): flattens the glottal tilt so LPC fits F2/F3 too
     z = np.append(z[0], z[1:] - np.exp(-2 * np.pi * 50.0 / fs) * z[:-1])

@@ -58,21 +58,22 @@ def yin(
     tau_min = max(int(np.floor(sr / fmax)), 2)
     w = tau_max  # integration window: one longest period
     length = w + tau_max + 2
-    ypad = np.pad(np.asarray(y, dtype=np.float64), (length // 2, length))
+    # float32 throughout: twice as fast, and the CMND needs far less than float32's precision
+    ypad = np.pad(np.asarray(y, dtype=np.float32), (length // 2, length))
     x = sliding_window_view(ypad, length)[frames * hop_length]  # (k, length), centred frames
     nfft = scipy.fft.next_fast_len(length + w, real=True)
     # r[tau] = sum_{j<w} x[j] x[j+tau], all lags at once by FFT cross-correlation
     spec = scipy.fft.rfft(x, nfft, axis=1)
     spec_w = scipy.fft.rfft(x[:, :w], nfft, axis=1)
     r = scipy.fft.irfft(spec * np.conj(spec_w), nfft, axis=1)[:, : tau_max + 2]
-    csum = np.concatenate([np.zeros((k, 1)), np.cumsum(x**2, axis=1)], axis=1)
+    csum = np.concatenate([np.zeros((k, 1), np.float32), np.cumsum(x * x, axis=1)], axis=1)
     taus = np.arange(tau_max + 2)
     energy = csum[:, taus + w] - csum[:, taus]  # sum_{j<w} x[j+tau]^2
     d = np.maximum(energy[:, :1] + energy - 2.0 * r, 0.0)
     d[:, 0] = 0.0
     cum = np.cumsum(d[:, 1:], axis=1)
     cmnd = np.ones_like(d)
-    cmnd[:, 1:] = d[:, 1:] * taus[1:] / np.maximum(cum, 1e-12)
+    cmnd[:, 1:] = d[:, 1:] * taus[1:].astype(np.float32) / np.maximum(cum, 1e-20)
     # candidates: local minima below threshold within [tau_min, tau_max]
     seg = cmnd[:, tau_min : tau_max + 1]
     prev = cmnd[:, tau_min - 1 : tau_max]
@@ -88,7 +89,7 @@ def yin(
     a, b, c = cmnd[rows, idx - 1], cmnd[rows, idx], cmnd[rows, idx + 1]
     denom = a - 2.0 * b + c
     shift = np.where(np.abs(denom) > 1e-12, 0.5 * (a - c) / np.where(denom == 0, 1, denom), 0.0)
-    tau = idx + np.clip(shift, -1.0, 1.0)
+    tau = idx + np.clip(shift.astype(np.float64), -1.0, 1.0)
     f0 = np.where(voiced, sr / tau, np.nan)
     aper = np.where(voiced, b, np.min(seg, axis=1))
     return f0, aper
