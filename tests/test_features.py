@@ -213,3 +213,21 @@ def test_params_validation() -> None:
     assert p.resample.quality == "VHQ" and not p.denoise.enabled and p.features.n_mfcc == 20
     with pytest.raises(ValueError):
         analyze_window(np.zeros((2, 100), np.float32), SR)
+
+
+def test_spectral_shape_matches_librosa() -> None:
+    from grv_batch.features.spectral import power_spectrogram, spectral_features
+
+    power = power_spectrogram(voice(3.0, seed=7), 512, 160)
+    got = spectral_features(power, SR, 512)
+    mag = np.sqrt(power)
+    assert got["spectral_centroid_hz"] == pytest.approx(
+        librosa.feature.spectral_centroid(S=mag, sr=SR, n_fft=512).mean(), rel=1e-4
+    )
+    assert got["spectral_bandwidth_hz"] == pytest.approx(
+        librosa.feature.spectral_bandwidth(S=mag, sr=SR, n_fft=512).mean(), rel=1e-4
+    )
+    assert got["spectral_rolloff_hz"] == pytest.approx(
+        librosa.feature.spectral_rolloff(S=mag, sr=SR, n_fft=512).mean(), rel=1e-4
+    )
+    assert got["spectral_flatness"] == pytest.approx(librosa.feature.spectral_flatness(S=mag).mean(), rel=1e-3)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.fft
+import soxr
 from numpy.lib.stride_tricks import sliding_window_view
 
 __all__ = ["PITCH_COLUMNS", "pitch_features", "yin"]
@@ -24,6 +25,7 @@ def yin(
     fmin: float = 60.0,
     fmax: float = 400.0,
     threshold: float = 0.25,
+    analysis_sr: int | None = 8000,
 ) -> tuple[np.ndarray, np.ndarray]:
     """YIN F0 of frames centred on ``frames * hop_length``.
 
@@ -42,6 +44,9 @@ def yin(
     threshold : float
         Aperiodicity threshold: the first dip of the CMND below it is taken (avoids octave-too-low
         errors); frames without such a dip are unvoiced.
+    analysis_sr : int or None
+        The signal is first resampled to this rate (if lower than ``sr``): F0 up to 400 Hz needs only
+        the band below 4 kHz, and halving the rate more than halves the cost. None: analyse at ``sr``.
 
     Returns
     -------
@@ -54,13 +59,20 @@ def yin(
     k = frames.size
     if k == 0:
         return np.zeros(0), np.zeros(0)
+    if analysis_sr is not None and analysis_sr < sr:
+        y = soxr.resample(np.asarray(y, dtype=np.float32), sr, analysis_sr, quality="MQ")
+        centres = np.round(frames * (hop_length * analysis_sr / sr)).astype(np.int64)
+        sr = analysis_sr
+    else:
+        centres = frames * hop_length
     tau_max = int(np.ceil(sr / fmin))
     tau_min = max(int(np.floor(sr / fmax)), 2)
     w = tau_max  # integration window: one longest period
     length = w + tau_max + 2
     # float32 throughout: twice as fast, and the CMND needs far less than float32's precision
     ypad = np.pad(np.asarray(y, dtype=np.float32), (length // 2, length))
-    x = sliding_window_view(ypad, length)[frames * hop_length]  # (k, length), centred frames
+    centres = np.clip(centres, 0, ypad.size - length)
+    x = sliding_window_view(ypad, length)[centres]  # (k, length), centred frames
     nfft = scipy.fft.next_fast_len(length + w, real=True)
     # r[tau] = sum_{j<w} x[j] x[j+tau], all lags at once by FFT cross-correlation
     spec = scipy.fft.rfft(x, nfft, axis=1)

@@ -62,14 +62,17 @@ def spectral_features(power: np.ndarray, sr: int, n_fft: int) -> dict[str, float
     """
     if power.shape[1] == 0:
         return dict.fromkeys(SPECTRAL_COLUMNS, float("nan"))
-    freqs = np.fft.rfftfreq(n_fft, 1.0 / sr)[:, None]
-    mag = np.sqrt(power, dtype=np.float64)
-    total = np.maximum(mag.sum(axis=0), 1e-12)
-    centroid = (freqs * mag).sum(axis=0) / total
-    bandwidth = np.sqrt(((freqs - centroid) ** 2 * mag).sum(axis=0) / total)
+    # float32 and matrix-vector products: this runs on every speech frame of every window
+    freqs = np.fft.rfftfreq(n_fft, 1.0 / sr).astype(np.float32)
+    mag = np.sqrt(power, dtype=np.float32)
+    total = np.maximum(mag.sum(axis=0, dtype=np.float64), 1e-12)
+    centroid = (freqs @ mag) / total
+    # sum (f - c)^2 m = sum f^2 m - 2 c sum f m + c^2 sum m
+    second = (freqs.astype(np.float64) ** 2).astype(np.float32) @ mag / total
+    bandwidth = np.sqrt(np.maximum(second - centroid**2, 0.0))
     cum = np.cumsum(mag, axis=0)
-    rolloff = freqs[np.argmax(cum >= 0.85 * cum[-1], axis=0), 0]
-    p = np.maximum(power.astype(np.float64), 1e-10)
+    rolloff = freqs[np.argmax(cum >= 0.85 * cum[-1], axis=0)]
+    p = np.maximum(power, np.float32(1e-10))
     flatness = np.exp(np.mean(np.log(p), axis=0)) / np.mean(p, axis=0)
     return {
         "spectral_centroid_hz": float(centroid.mean()),
