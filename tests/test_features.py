@@ -164,6 +164,13 @@ def test_silence_gives_nan_features_not_errors() -> None:
     assert np.isfinite(w.logmel).all() and np.isfinite(w.mel128).all()
 
 
+def test_too_little_speech_gives_nan_features() -> None:
+    y = np.concatenate([silence(1.0), tone(150, 0.3), silence(1.0)])
+    w = analyze_window(y, SR)
+    assert 0.2 < w.speech_s < 0.5 and w.features["speech_s"] == w.speech_s
+    assert math.isnan(w.features["f0_p50"]) and math.isnan(w.features["mfcc_01_mean"])
+
+
 def test_unvoiced_speech_gives_nan_pitch() -> None:
     y = np.concatenate([silence(0.5), noise(2.0, amp=0.3), silence(0.5)])
     f = analyze_window(y, SR).features

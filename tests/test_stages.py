@@ -153,6 +153,30 @@ def test_permission_denied(tmp_path: Path) -> None:
         path.chmod(0o644)
 
 
+def test_permission_error_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same message when the OS refuses access (simulated: tests may run as root)."""
+    path = tmp_path / "locked.wav"
+    sf.write(path, tone(200, 0.2), SR)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(sf, "SoundFile", refuse)
+    with pytest.raises(DecodeError, match="cannot open: permission denied"):
+        probe(path)
+
+
+def test_mp3_frames_come_from_decoding(tmp_path: Path) -> None:
+    from grv_batch.features import AnalysisParams, FeatureParams, analyze_file
+
+    path = tmp_path / "v.mp3"
+    sf.write(path, voice(3.0, sr=SR), SR, format="MP3", subtype="MPEG_LAYER_III")
+    n = _read_all(path).size
+    fa = analyze_file(path, AnalysisParams(features=FeatureParams(logmel=False)))
+    assert fa.info.format == "MP3" and fa.info.frames == n
+    assert fa.info.duration_s == pytest.approx(n / SR) and fa.features["speech_s"] > 1.5
+
+
 def test_decode_params_validated() -> None:
     with pytest.raises(ValidationError):
         DecodeParams(block_s=0)

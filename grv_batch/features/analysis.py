@@ -192,7 +192,7 @@ def analyze_window(
     return WindowAnalysis(
         start_s=float(start_s),
         duration_s=raw.size / sr,
-        speech_s=float(activity.speech_s) if speech.size else 0.0,
+        speech_s=float(activity.speech_s),
         features={c: float(feats[c]) for c in feature_columns(fp.n_mfcc)},
         mel128=m128,
         logmel=logmel,
