@@ -237,4 +237,13 @@ def test_spectral_shape_matches_librosa() -> None:
     assert got["spectral_rolloff_hz"] == pytest.approx(
         librosa.feature.spectral_rolloff(S=mag, sr=SR, n_fft=512).mean(), rel=1e-4
     )
-    assert got["spectral_flatness"] == pytest.approx(librosa.feature.spectral_flatness(S=mag).mean(), rel=1e-3)
+    flatness = librosa.feature.spectral_flatness(S=mag).mean()
+    assert got["spectral_flatness"] == pytest.approx(flatness, rel=1e-3)
+
+
+@pytest.mark.parametrize("n", [1, 10, 300, 5000])
+@pytest.mark.parametrize("sr", [8000, 44100])
+def test_tiny_windows_do_not_fail(n: int, sr: int) -> None:
+    w = analyze_window(noise(n / sr, sr=sr, amp=0.1), sr)
+    assert w.duration_s == pytest.approx(n / sr)
+    assert w.logmel.shape[0] == 64 and w.mel128_frames >= 1 and np.isfinite(w.mel128).all()

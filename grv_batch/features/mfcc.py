@@ -12,7 +12,7 @@ __all__ = ["mfcc_columns", "mfcc_features"]
 
 
 def mfcc_columns(n_mfcc: int = 20) -> tuple[str, ...]:
-    """Column names: ``mfcc_XX_mean``, ``mfcc_XX_std``, ``dmfcc_XX_mean``, ``dmfcc_XX_std`` (XX from 01)."""
+    """Column names ``mfcc_XX_mean``, ``mfcc_XX_std``, ``dmfcc_XX_mean``, ``dmfcc_XX_std``, XX from 01."""
     cols: list[str] = []
     for prefix in ("mfcc", "dmfcc"):
         for stat in ("mean", "std"):

@@ -30,11 +30,11 @@ def power_spectrogram(y: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
     np.ndarray
         Shape ``(n_fft // 2 + 1, 1 + n // hop_length)`` float32.
     """
-    if y.size < n_fft // 2 + 1:
-        # reflect padding needs n > n_fft/2; zero-pad tiny inputs instead
-        y = np.pad(y, (0, n_fft // 2 + 1 - y.size))
-    spec = librosa.stft(y, n_fft=n_fft, hop_length=hop_length, center=True)
     n_frames = 1 + y.size // hop_length
+    if y.size < n_fft:
+        # librosa warns on inputs shorter than one frame; zero-pad them (frame count unchanged)
+        y = np.pad(y, (0, n_fft - y.size))
+    spec = librosa.stft(y, n_fft=n_fft, hop_length=hop_length, center=True, pad_mode="constant")
     return (np.abs(spec[:, :n_frames]) ** 2).astype(np.float32)
 
 
