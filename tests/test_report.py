@@ -374,3 +374,14 @@ def test_fsspec_url(tmp_path):
         assert len(g) and fs.exists(f"{folder}/report.html")
     finally:
         fs.rm("memory://grv-report-test", recursive=True)
+
+
+def test_fairlearn_cross_check_on_a_subset(monkeypatch):
+    """Large runs cross-check against fairlearn on a random subset; the numbers do not change."""
+    from grv_batch.report import _metrics
+
+    pred, feat, _, _ = make_run(n_speakers=12, files_per=4)
+    params = ReportParams(n_bootstrap=20)
+    full = group_metrics(pred, feat, params=params)
+    monkeypatch.setattr(_metrics, "FAIRLEARN_CHECK_MAX_FILES", 17)
+    pd.testing.assert_frame_equal(group_metrics(pred, feat, params=params), full)
