@@ -99,6 +99,9 @@ def _open(source: Source) -> Iterator[sf.SoundFile]:
         reason = exc.error_string or str(exc)
         if "ermission denied" in reason:
             raise DecodeError("cannot open: permission denied") from exc
+        if "does not exist or is not a regular file" in reason:
+            # libsndfile's catch-all when no format matched; the file itself does exist
+            reason = "format not recognised or data corrupt"
         raise DecodeError(f"not a readable audio file: {reason}") from exc
     except (RuntimeError, TypeError, ValueError) as exc:
         raise DecodeError(f"not a readable audio file: {exc}") from exc
@@ -172,24 +175,33 @@ def iter_blocks(source: Source, params: DecodeParams | None = None) -> Iterator[
         info = _info(f)
         sr = info.sample_rate
         block = max(int(round(params.block_s * sr)), 1)
+        # libsndfile is read in pieces of at most 1 s, so a decoding error is located to the second
+        piece = min(block, sr)
         done = 0
         while True:
-            try:
-                data = f.read(block, dtype="float32", always_2d=True)
-            except (sf.LibsndfileError, RuntimeError) as exc:
-                raise DecodeError(
-                    f"truncated or corrupt audio after {done / sr:.1f} s: {exc}"
-                ) from exc
-            n = data.shape[0]
-            if n == 0:
+            parts: list[np.ndarray] = []
+            got = 0
+            while got < block:
+                try:
+                    data = f.read(min(piece, block - got), dtype="float32", always_2d=True)
+                except (sf.LibsndfileError, RuntimeError) as exc:
+                    raise DecodeError(
+                        f"truncated or corrupt audio after {(done + got) / sr:.1f} s: {exc}"
+                    ) from exc
+                if data.shape[0] == 0:
+                    break
+                # Mix-down by mean (not sum) keeps the level of a mono source copied to both channels
+                mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
+                if not np.isfinite(mono).all():
+                    raise DecodeError("non-finite samples (NaN or inf)")
+                parts.append(mono)
+                got += mono.size
+            if got == 0:
                 break
-            # Mix-down by mean (not sum) keeps the level of a mono source copied to both channels.
-            mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
-            if not np.isfinite(mono).all():
-                raise DecodeError("non-finite samples (NaN or inf)")
-            done += n
-            yield np.ascontiguousarray(mono, dtype=np.float32)
-            if n < block:
+            done += got
+            out = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            yield np.ascontiguousarray(out, dtype=np.float32)
+            if got < block:
                 break
     if done == 0:
         raise DecodeError("no audio samples (header only)")
