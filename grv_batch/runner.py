@@ -87,14 +87,26 @@ def dask_client(execution, *, console=None) -> Iterator[Any]:
     for key, value in env.items():
         os.environ.setdefault(key, value)  # inherited by spawned worker processes
     workers = execution.workers or os.cpu_count() or 1
-    with LocalCluster(n_workers=workers, threads_per_worker=execution.threads_per_worker,
-                      processes=True, memory_limit=execution.memory_limit,
-                      dashboard_address=execution.dashboard_address) as cluster, \
-            Client(cluster) as client:
-        if console:
-            console.print(f"Started a local Dask cluster: {workers} worker process(es) "
-                          f"(dashboard: {client.dashboard_link})")
-        yield client
+    import logging
+    import warnings
+
+    with warnings.catch_warnings():
+        # A busy dashboard port is not a problem: Dask picks another and we print the real link.
+        warnings.filterwarnings("ignore", message="Port .* is already in use")
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=execution.threads_per_worker,
+                               processes=True, memory_limit=execution.memory_limit,
+                               dashboard_address=execution.dashboard_address)
+    try:
+        with Client(cluster) as client:
+            if console:
+                console.print(f"Started a local Dask cluster: {workers} worker process(es) "
+                              f"(dashboard: {client.dashboard_link})")
+            yield client
+    finally:
+        # TensorFlow's thread pools can make a worker take a few seconds to exit; the nanny then
+        # kills it, which is what we want at the end of a run, without a warning about it.
+        logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
+        cluster.close()
 
 
 # --------------------------------------------------------------------------- output ownership
