@@ -385,3 +385,11 @@ def test_fairlearn_cross_check_on_a_subset(monkeypatch):
     full = group_metrics(pred, feat, params=params)
     monkeypatch.setattr(_metrics, "FAIRLEARN_CHECK_MAX_FILES", 17)
     pd.testing.assert_frame_equal(group_metrics(pred, feat, params=params), full)
+
+
+def test_metadata_column_named_like_a_band_keeps_its_name():
+    pred, feat, _, _ = make_run(n_speakers=12, files_per=2)
+    pred["pitch_band"] = np.where(pred["gender"] == "male", "low", "high")
+    g = group_metrics(pred, feat, params=ReportParams(n_bootstrap=0))
+    assert set(g.loc[g["group_by"] == "pitch_band", "group"]) == {"low", "high"}
+    assert "<120 Hz" in set(g.loc[g["group_by"] == "pitch_band_derived", "group"])

@@ -236,6 +236,11 @@ def _band(values: pd.Series, edges: list[float], labels: list[str], nan_label: s
     return pd.Series(out, index=values.index, dtype=object)
 
 
+def band_name(name: str, predictions: pd.DataFrame) -> str:
+    """Name of a derived band: ``name``, or ``name_derived`` when a metadata column has it."""
+    return f"{name}_derived" if name in predictions.columns else name
+
+
 @dataclass
 class Grouping:
     """One way of splitting the files: the group value of every file (null = not in any group)."""
@@ -267,6 +272,8 @@ def build_groupings(
             if pd.to_numeric(feats[col], errors="coerce").notna().sum() == 0:
                 continue
             s = _band(feats[col], edges, labels, nan_label)
+            # a metadata column of the same name keeps its name: the band becomes <name>_derived
+            name = band_name(name, predictions)
             series[name] = s
             orders[name] = [v for v in labels + ([nan_label] if nan_label else []) if (s == v).any()]
     out = [Grouping(k, series[k], orders[k]) for k in series]
