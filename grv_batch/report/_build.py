@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import re
 
 import numpy as np
 import pandas as pd
@@ -117,7 +118,8 @@ def render_html(
     parts: list[str] = []
     parts.append("<h1>grv-batch evaluation report</h1>")
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    parts.append(f'<p class="sub">Run <span class="mono">{H.esc(title_path)}</span> · built {stamp}</p>')
+    shown = re.sub(r"(?<=://)[^/@]*@", "", title_path)  # never show user:password@ of a URL
+    parts.append(f'<p class="sub">Run <span class="mono">{H.esc(shown)}</span> · built {stamp}</p>')
     nav = [("overall", "Overall"), ("gaps", "Largest gaps")]
     if with_gt:
         nav.append(("calibration", "Calibration"))
@@ -343,6 +345,13 @@ def render_html(
     return H.page("grv-batch evaluation report", "\n".join(parts))
 
 
+def _num(value: object) -> str:
+    try:
+        return f"{float(value):.3f}"
+    except (TypeError, ValueError):
+        return "—"
+
+
 def _gap_rows(gaps: pd.DataFrame) -> list[list[str]]:
     rows = []
     for _, g in gaps.iterrows():
@@ -376,7 +385,7 @@ def _speakers_section(predictions: pd.DataFrame, speakers: pd.DataFrame | None, 
         f'<div class="card"><div class="v">{H.esc(v)}</div><div class="k">{H.esc(k)}</div></div>' for k, v in cards)
         + "</div>")
     # speaker label against metadata gender (constant per speaker)
-    if "speaker_id" in predictions.columns and gt.notna().any():
+    if "speaker_id" in predictions.columns and {"speaker_id", "label"} <= set(speakers.columns) and gt.notna().any():
         spk_gt = (
             pd.DataFrame({"speaker_id": predictions["speaker_id"], "gt": gt})
             .dropna()
@@ -387,11 +396,12 @@ def _speakers_section(predictions: pd.DataFrame, speakers: pd.DataFrame | None, 
         s["metadata gender"] = s["speaker_id"].map(spk_gt)
         bad = s[s["label"].isin(["female", "male"]) & s["metadata gender"].isin(["female", "male"])
                 & (s["label"] != s["metadata gender"])]
-        bad = bad.sort_values("confidence", ascending=False)
+        if "confidence" in bad.columns:
+            bad = bad.sort_values("confidence", ascending=False)
         out.append(f"<h3>Speakers whose label disagrees with their metadata gender ({len(bad):,})</h3>")
         if len(bad):
             rows = [[H.esc(r["speaker_id"]), H.esc(r["metadata gender"]), H.esc(r["label"]),
-                     H.esc(f"{r['p_male']:.3f}"), H.esc(f"{r['confidence']:.3f}"), H.esc(r.get("n_files"))]
+                     H.esc(_num(r.get("p_male"))), H.esc(_num(r.get("confidence"))), H.esc(r.get("n_files"))]
                     for _, r in bad.head(SPEAKER_ROWS).iterrows()]
             out.append('<div class="scroll">' + H.table(
                 ["speaker_id", "metadata gender", "label", "p_male", "confidence", "files"], rows, left=3) + "</div>")
