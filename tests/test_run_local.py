@@ -192,7 +192,7 @@ def test_interrupted_run_resumes_exactly_once(tmp_path):
     files = read_table(out2, "files")
     assert files["file_id"].is_unique and len(files) == len(read_table(out, "files"))
     assert read_table(out2, "predictions")["file_id"].is_unique
-    # Less work, not just less time: the resumed run's tasks did a fraction of the full run's.
-    full_work = json.loads((out / "_run.json").read_text())["timings"]["task_wall_s"]
-    assert run["timings"]["task_wall_s"] < 0.75 * full_work
+    # Less work, not just less time: the resumed run ran only the batches the killed one had not
+    # finished (wall time is dominated by cluster start and model loading at this size).
+    assert run["batches"]["run_now"] <= n_batches - n_batches // 2
     print(f"full run {full_s:.1f} s, resumed after kill {resumed_s:.1f} s")
