@@ -109,15 +109,28 @@ def test_tables_readable_by_pandas_pyarrow_and_duckdb(mixed_corpus, tmp_path):
     assert predictions["speaker_id"].isna().all()
 
 
-def test_speakers_from_path_pattern(tmp_path):
+def test_speakers_from_path_pattern_and_long_recordings_in_windows(tmp_path, voice):
+    import numpy as np
+    import soundfile as sf
+
+    from conftest import MALE
+
     corpus = tmp_path / "corpus"
     make_mixed_corpus(corpus, n_voices=4, broken=False)
+    long = voice(*MALE, 16000, 100.0, np.random.default_rng(1))  # 100 s: four 30 s windows
+    sf.write(corpus / "spk01" / "long.flac", long, 16000)
     job = tmp_path / "job.toml"
     job.write_text('[speakers]\nfrom_path = "^(?P<speaker>spk\\\\d+)/"\n')
     out = tmp_path / "out"
     grv("run", str(corpus), "--out", str(out), "--job", str(job), "--workers", "1", "--no-progress")
     speakers = read_table(out, "speakers")
     assert sorted(speakers["speaker_id"]) == ["spk00", "spk01", "spk02", "spk03"]
+    assert speakers.set_index("speaker_id").loc["spk01", "n_files"] == 2
+    files = read_table(out, "files").set_index("path")
+    assert files.loc["spk01/long.flac", "n_windows"] >= 3
+    assert abs(files.loc["spk01/long.flac", "duration_s"] - 100.0) < 0.1
+    predictions = read_table(out, "predictions").set_index("path")
+    assert predictions.loc["spk01/long.flac", "n_windows"] == files.loc["spk01/long.flac", "n_windows"]
 
 
 @pytest.mark.parametrize("problem, message", [
