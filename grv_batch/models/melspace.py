@@ -38,18 +38,27 @@ def band_centres() -> np.ndarray:
     return _EDGES[1:-1].copy()
 
 
-def log_mel_normalised(mel: np.ndarray) -> np.ndarray:
+def log_mel_normalised(mel: np.ndarray, n_bands: int | None = None, floor_db: float | None = None) -> np.ndarray:
     """Gain-invariant representation: log10 mel power minus its mean over bands.
 
-    The floor is relative to the clip's own mean power (-60 dB), so multiplying the audio by any
-    gain leaves the result unchanged (up to float rounding).
+    ``n_bands`` keeps the lowest bands only (115 bands = up to 7.6 kHz, so 16 kHz sources and
+    full-band sources look alike). The floor is relative to the clip's own power (-60 dB below the
+    mean by default, or ``floor_db`` below the strongest band), so multiplying the audio by any
+    gain leaves the result unchanged (up to float rounding), and empty bands (telephone,
+    band-limited codecs) all sit at the same floor.
     """
     x = np.asarray(mel, dtype=np.float64)
     if x.ndim == 1:
         x = x[None, :]
+    if n_bands is not None:
+        x = x[:, :n_bands]
     x = np.nan_to_num(np.maximum(x, 0.0), nan=0.0, posinf=0.0)
-    floor = 1e-6 * x.mean(axis=1, keepdims=True) + 1e-30
-    lx = np.log10(x + floor)
+    if floor_db is None:
+        floor = 1e-6 * x.mean(axis=1, keepdims=True) + 1e-30
+        lx = np.log10(x + floor)
+    else:
+        top = x.max(axis=1, keepdims=True) + 1e-30
+        lx = np.log10(np.maximum(x, top * 10 ** (-floor_db / 10)))
     lx -= lx.mean(axis=1, keepdims=True)
     return lx.astype(np.float32)
 
@@ -101,7 +110,7 @@ def tilt(mel: np.ndarray, f: np.ndarray, db_per_octave: float) -> np.ndarray:
     return mel * (np.maximum(f, 50.0) / 1000.0) ** (db_per_octave / (10 * np.log10(2)))
 
 
-def augment_batch(mel: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def augment_batch(mel: np.ndarray, rng: np.random.Generator, telephone_p: float = 0.2) -> np.ndarray:
     """Random channel/noise/gain perturbations of a batch of mel128 power vectors."""
     f = band_centres()
     out = np.array(mel, dtype=np.float64, copy=True)
@@ -115,10 +124,12 @@ def augment_batch(mel: np.ndarray, rng: np.random.Generator) -> np.ndarray:
             x = add_noise(x, f, rng.choice([0.0, 5.0, 10.0, 15.0, 20.0, 30.0]) + rng.uniform(-2, 2),
                           kinds[rng.integers(len(kinds))])
         r = rng.random()
-        if r < 0.2:
-            x = telephone(x, f, atten_db=rng.uniform(25, 60), floor_snr_db=rng.uniform(20, 45),
+        if r < telephone_p:
+            x = telephone(x, f, atten_db=rng.uniform(30, 90), floor_snr_db=rng.uniform(20, 60),
                           lo=rng.uniform(200, 400), hi=rng.uniform(3000, 3800))
-        elif r < 0.35:
-            x = lowpass(x, f, rng.choice([4000.0, 5500.0, 7000.0, 8000.0]))
+            if rng.random() < 0.5:             # 8 kHz sampling: nothing at all above 4 kHz
+                x = lowpass(x, f, 3900.0, atten_db=120.0)
+        elif r < telephone_p + 0.15:
+            x = lowpass(x, f, rng.choice([4000.0, 5500.0, 7000.0, 8000.0]), atten_db=rng.uniform(40, 120))
         out[i] = x * 10 ** rng.uniform(-4, 4)  # gain: +-40 dB of power
     return out.astype(np.float32)

@@ -41,7 +41,8 @@ def _prepare_mel(features: pd.DataFrame, logmels: list, config: dict):
         mats.append(a)
     if not rows:
         return np.zeros((0, 128), np.float32), np.zeros(0, int)
-    return log_mel_normalised(np.stack(mats)), np.asarray(rows)
+    return (log_mel_normalised(np.stack(mats), config.get("n_bands"), config.get("floor_db")),
+            np.asarray(rows))
 
 
 def _prepare_profile(features: pd.DataFrame, logmels: list, config: dict):

@@ -8,17 +8,18 @@ from __future__ import annotations
 import numpy as np
 
 
-def cv_mel_model(prepared_train: np.ndarray | None = None, seed: int = 0):
-    """MLP over gain-normalised log mel means (128,)."""
+def cv_mel_model(prepared_train: np.ndarray | None = None, seed: int = 0, n_bands: int = 128):
+    """MLP over gain-normalised log mel means (n_bands,)."""
     import keras
 
     keras.utils.set_random_seed(seed)
     norm = keras.layers.Normalization(name="standardise")
     if prepared_train is not None:
         norm.adapt(prepared_train)
+        n_bands = int(prepared_train.shape[1])
     else:
-        norm.build((None, 128))
-    inp = keras.Input((128,), name="logmel128")
+        norm.build((None, n_bands))
+    inp = keras.Input((n_bands,), name="logmel128")
     x = norm(inp)
     x = keras.layers.GaussianNoise(0.05)(x)
     for units in (256, 256, 128):

@@ -55,20 +55,29 @@ def build_cv_mel_model(prepared_train: np.ndarray, seed: int = 0):
     return cv_mel_model(prepared_train, seed)
 
 
+#: the shipped preprocessing of cv_mel (stored in the bundle's member config)
+CV_MEL_CONFIG = {"n_bands": 115, "floor_db": 50.0}
+
+
 def train_cv_mel(X: np.ndarray, y: np.ndarray, *, epochs: int = 30, seed: int = 0, verbose: int = 0,
-                 augment: bool = True):
-    """Train with fresh mel-domain augmentation every epoch. ``X`` is raw mel128 power."""
+                 augment: bool = True, config: dict | None = None, telephone_p: float = 0.3):
+    """Train with fresh mel-domain augmentation every epoch. ``X`` is raw mel128 power.
+
+    ``config`` is the member preprocessing (``n_bands``, ``floor_db``), default :data:`CV_MEL_CONFIG`.
+    """
     import keras
 
+    config = CV_MEL_CONFIG if config is None else config
+    nb, fl = config.get("n_bands"), config.get("floor_db")
     rng = np.random.default_rng(seed)
-    model = build_cv_mel_model(log_mel_normalised(augment_batch(X[:20000], rng) if augment else X[:20000]), seed)
+    aug = (lambda a: augment_batch(a, rng, telephone_p)) if augment else (lambda a: a)
+    model = build_cv_mel_model(log_mel_normalised(aug(X[:20000]), nb, fl), seed)
     steps = int(np.ceil(len(X) / 256)) * epochs
     sched = keras.optimizers.schedules.CosineDecay(2e-3, decay_steps=steps, alpha=0.05)
     model.compile(optimizer=keras.optimizers.Adam(sched),
                   loss=keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=0.02))
     for ep in range(epochs):
-        Xa = augment_batch(X, rng) if augment else X
-        h = model.fit(log_mel_normalised(Xa), y, batch_size=256, epochs=1, shuffle=True, verbose=0)
+        h = model.fit(log_mel_normalised(aug(X), nb, fl), y, batch_size=256, epochs=1, shuffle=True, verbose=0)
         if verbose:
             print(f"epoch {ep + 1}/{epochs} loss {h.history['loss'][-1]:.4f}", flush=True)
     return model
@@ -104,7 +113,8 @@ def compare(commonvoice: str, seed_model: str, *, epochs: int = 30, seed: int = 
     rows = []
     for name, Xc in conditions(Xte).items():
         p_seed = seed_net.predict(Xc.astype(np.float32), batch_size=2048, verbose=0)[:, 0]
-        z = ours.predict(log_mel_normalised(Xc), batch_size=2048, verbose=0)[:, 0]
+        z = ours.predict(log_mel_normalised(Xc, CV_MEL_CONFIG["n_bands"], CV_MEL_CONFIG["floor_db"]),
+                         batch_size=2048, verbose=0)[:, 0]
         p_ours = 1 / (1 + np.exp(-z))
         rows.append({"condition": name, "model": "original (seed-model.h5)", **binary_metrics(yte, p_seed)})
         rows.append({"condition": name, "model": "cv_mel (uncalibrated)", **binary_metrics(yte, p_ours)})

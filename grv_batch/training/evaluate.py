@@ -1,0 +1,117 @@
+"""Evaluation reports from a training run, and an end-to-end check of a bundle through the
+inference API.
+
+    # tables and target checks from out-of-fold predictions written by `train --report DIR`
+    python -m grv_batch.training.evaluate targets --report DIR
+    # run a bundle end to end (analyze_file -> predict_windows -> combine_file) over files
+    python -m grv_batch.training.evaluate bundle --metadata ../shared/data/manifest.csv \
+        --data-root ../shared/data [--bundle DIR] [--limit 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from grv_batch.training.metrics import binary_metrics, markdown_table
+
+
+def targets(report: str | Path) -> list[dict]:
+    """The issue's targets on out-of-fold predictions (speakers never seen by the audio members)."""
+    from grv_batch.training.train import _speaker_accuracy
+
+    F = pd.read_parquet(Path(report) / "oof_files.parquet")
+    summary = json.loads((Path(report) / "summary.json").read_text())
+    thr = float(summary["threshold"])
+    y = (F["gender"] == "male").to_numpy()
+    cols = [("ensemble", "p_ensemble")] + [(c[2:], c) for c in F.columns if c.startswith("p_") and c not in ("p_ensemble",)]
+    rows = []
+
+    def add(target, mask, goal):
+        for name, c in cols:
+            p = F.loc[mask, c].to_numpy()
+            rows.append({"target": target, "model": name, "n": int(mask.sum()),
+                         "accuracy": binary_metrics(y[mask], p)["accuracy"], "goal": goal})
+
+    read = (F["variant"] == "clean") & F["corpus"].isin(["librispeech", "timit"])
+    add("read speech (LibriSpeech+TIMIT, clean)", read.to_numpy(), ">= 0.96")
+    add("acted emotional speech (EmoDB, clean)", ((F["variant"] == "clean") & (F["corpus"] == "emodb")).to_numpy(), "")
+    add("simulated in-the-wild (reverb+noise 0-23 dB+codec)", (F["variant"] == "wild").to_numpy(), ">= 0.90")
+    add("narrowband telephone (8 kHz, 300-3400 Hz, mu-law)", (F["variant"] == "telephone").to_numpy(), ">= 0.97")
+    add("perturbed (speed +-6%, gain, codec)", (F["variant"] == "perturb").to_numpy(), "")
+    p = F["p_ensemble"].to_numpy()
+    conf = np.maximum(p, 1 - p)
+    for variant in ["clean", "all"]:
+        m = np.ones(len(F), bool) if variant == "all" else (F["variant"] == variant).to_numpy()
+        c = m & (conf >= thr)
+        rows.append({"target": f"accuracy on non-uncertain files ({variant}, threshold {thr})", "model": "ensemble",
+                     "n": int(c.sum()), "accuracy": float(((p[c] > 0.5) == y[c]).mean()),
+                     "coverage": float(c.sum() / m.sum()), "goal": ">= 0.985 at coverage >= 0.80"})
+        rows.append({"target": f"ECE ({variant})", "model": "ensemble", "n": int(m.sum()),
+                     "ece": binary_metrics(y[m], p[m])["ece"], "goal": "<= 0.05"})
+    for variant in ["clean", "telephone", "wild"]:
+        g = F[F["variant"] == variant]
+        s = _speaker_accuracy(g, g["p_ensemble"].to_numpy(), thr)
+        rows.append({"target": f"speakers correct ({variant})", "model": "ensemble", "n": s["n_speakers"],
+                     "accuracy": s["speaker_accuracy"], "coverage": s["speaker_coverage"], "goal": ">= 0.97"})
+        if "p_original" in g:
+            s = _speaker_accuracy(g, g["p_original"].to_numpy(), thr)
+            rows.append({"target": f"speakers correct ({variant})", "model": "original network",
+                         "n": s["n_speakers"], "accuracy": s["speaker_accuracy"], "goal": ""})
+    return rows
+
+
+def bundle_check(metadata, data_root, bundle=None, limit=60, seed=0) -> list[dict]:
+    """End-to-end through the public API on a stratified sample of files."""
+    from grv_batch.features import AnalysisParams, iter_windows
+    from grv_batch.models import ModelParams, load_ensemble
+
+    meta = pd.read_csv(metadata)
+    if limit:
+        meta = meta.groupby(["corpus", "gender"], group_keys=False).apply(
+            lambda g: g.sample(min(len(g), max(1, limit // 6)), random_state=seed))
+    ens = load_ensemble(bundle, params=ModelParams())
+    out = []
+    for _, r in meta.iterrows():
+        wins = list(iter_windows(str(Path(data_root) / r["path"]), AnalysisParams()))
+        feats = pd.DataFrame([w.features for w in wins])
+        feats["mel128"] = [w.mel128 for w in wins]
+        wp = ens.predict_windows(feats, [w.logmel for w in wins])
+        row = ens.combine_file(wp, speech_s=np.array([w.speech_s for w in wins]), params=ModelParams())
+        out.append({"path": r["path"], "corpus": r["corpus"], "gender": r["gender"], **row})
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("targets")
+    t.add_argument("--report", required=True)
+    b = sub.add_parser("bundle")
+    b.add_argument("--metadata", required=True)
+    b.add_argument("--data-root", required=True)
+    b.add_argument("--bundle")
+    b.add_argument("--limit", type=int, default=60)
+    a = ap.parse_args(argv)
+    if a.cmd == "targets":
+        print(markdown_table(targets(a.report)))
+    else:
+        rows = pd.DataFrame(bundle_check(a.metadata, a.data_root, a.bundle, a.limit))
+        y = rows["gender"] == "male"
+        summ = []
+        for corpus, g in rows.groupby("corpus"):
+            yy = g["gender"] == "male"
+            summ.append({"corpus": corpus, "n": len(g), "accuracy": float(((g["p_male"] > 0.5) == yy).mean()),
+                         "coverage": float((g["label"] != "uncertain").mean())})
+        summ.append({"corpus": "all", "n": len(rows), "accuracy": float(((rows["p_male"] > 0.5) == y).mean()),
+                     "coverage": float((rows["label"] != "uncertain").mean())})
+        print(markdown_table(summ))
+        print(rows["reason"].value_counts(dropna=False).to_string())
+
+
+if __name__ == "__main__":
+    main()

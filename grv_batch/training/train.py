@@ -1,0 +1,480 @@
+"""``grv-batch train``: speaker-grouped cross-validation, held-out-corpus evaluation, and the bundle.
+
+    python -m grv_batch.training.train --metadata ../shared/data/manifest.csv --data-root ../shared/data \
+        --commonvoice ../shared/data/commonvoice-mel128/features.parquet \
+        --seed-model ../shared/anchors/seed-model.h5 --out MODEL_DIR
+
+Steps: (1) features of every clip under each augmentation variant (clean, telephone, wild, perturb)
+via ``grv_batch.features.iter_windows``, cached; (2) speaker-grouped k-fold: the audio members are
+trained on the training speakers' clips (all variants) and predict the held-out speakers' clips
+(all variants); ``cv_mel`` is trained on Common Voice only, so every prediction of it on these
+clips is already out-of-sample; (3) member calibration, combiner and its calibration are fitted on
+out-of-fold logits and evaluated cross-fitted (fitted on the other folds); (4) train on two corpora,
+test on the third; (5) final members on all speakers, bundle written with its model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from grv_batch.models import calibration as cal
+from grv_batch.models.bundle import write_bundle
+from grv_batch.training.augment import VARIANTS
+from grv_batch.training.metrics import binary_metrics, coverage_curve, markdown_table
+
+AUDIO_MEMBERS = ("voice_profile", "frames")
+
+
+def _log(msg):
+    print(f"[{_dt.datetime.now().strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _memo(cache: Path, tag: str, compute):
+    """Cache an array result (out-of-fold logits) so a rerun with another cv_mel is cheap."""
+    f = cache / "memo" / f"{tag}.npy"
+    if f.exists():
+        return np.load(f)
+    v = np.asarray(compute())
+    f.parent.mkdir(parents=True, exist_ok=True)
+    np.save(f, v)
+    return v
+
+
+def _memo_model(cache: Path, tag: str, fit):
+    import keras
+
+    f = cache / "memo" / f"{tag}.keras"
+    if f.exists():
+        return keras.saving.load_model(f, compile=False, safe_mode=True), json.loads(f.with_suffix(".json").read_text())
+    model, config = fit()
+    f.parent.mkdir(parents=True, exist_ok=True)
+    model.save(f)
+    f.with_suffix(".json").write_text(json.dumps(config))
+    return model, config
+
+
+def _sig(*parts) -> str:
+    import hashlib
+
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _folds(meta: pd.DataFrame, folds: int, seed: int) -> dict[str, int]:
+    """Speaker -> fold, stratified by gender and corpus (a speaker is never on both sides)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    spk = meta.drop_duplicates("speaker_id")
+    strat = spk["gender"].astype(str) + "|" + spk.get("corpus", pd.Series("", index=spk.index)).astype(str)
+    sgk = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    out = {}
+    for k, (_, te) in enumerate(sgk.split(spk, strat, groups=spk["speaker_id"])):
+        for s in spk["speaker_id"].iloc[te]:
+            out[s] = k
+    return out
+
+
+def load_all(meta, cache, variants, seed):
+    from grv_batch.training.dataset import load_windows
+
+    frames, lms = [], []
+    for v in variants:
+        df, lm = load_windows(meta, cache, v, seed=seed)
+        frames.append(df)
+        lms += lm
+    W = pd.concat(frames, ignore_index=True)
+    return W, lms
+
+
+def file_level(W: pd.DataFrame, z: np.ndarray) -> pd.DataFrame:
+    """Pool window logits to (clip, variant) the way Ensemble.combine_file does."""
+    d = W[["path", "variant", "speaker_id", "gender", "corpus", "win_speech_s"]].copy()
+    d["z"] = z
+    p = cal.sigmoid(z)
+    d["w"] = np.maximum(d["win_speech_s"].to_numpy(), 1e-3) * np.maximum(p, 1 - p)
+    d["wz"] = d["w"] * d["z"]
+    g = d.groupby(["path", "variant"], sort=False).agg(
+        wz=("wz", "sum"), w=("w", "sum"), speaker_id=("speaker_id", "first"), gender=("gender", "first"),
+        corpus=("corpus", "first"), speech_s=("win_speech_s", "sum")).reset_index()
+    g["z"] = g["wz"] / g["w"]
+    return g.drop(columns=["wz", "w"])
+
+
+def _fit_combiner(Zc: np.ndarray, y: np.ndarray, members: list[str]) -> dict:
+    from sklearn.linear_model import LogisticRegression
+
+    ok = np.isfinite(Zc).all(axis=1)
+    lr = LogisticRegression(C=1.0, max_iter=2000).fit(Zc[ok], y[ok].astype(int))
+    return {"weights": {m: float(w) for m, w in zip(members, lr.coef_[0])}, "bias": float(lr.intercept_[0])}
+
+
+def _apply_combiner(comb: dict, Zc: np.ndarray, members: list[str]) -> np.ndarray:
+    w = np.array([comb["weights"][m] for m in members])
+    return Zc @ w + comb["bias"]
+
+
+def _choose_final_calibration(z: np.ndarray, y: np.ndarray, groups: np.ndarray, seed: int) -> tuple[dict, dict]:
+    """Identity vs Platt vs isotonic on the combiner output, by speaker-grouped CV log loss."""
+    from sklearn.model_selection import GroupKFold
+
+    scores = {"identity": [], "platt": [], "isotonic": []}
+    for tr, te in GroupKFold(5).split(z, y, groups):
+        for kind in scores:
+            c = {"type": "identity"} if kind == "identity" else (
+                cal.fit_platt(z[tr], y[tr]) if kind == "platt" else cal.fit_isotonic(z[tr], y[tr]))
+            p = cal.sigmoid(cal.apply(c, z[te]))
+            scores[kind].append(binary_metrics(y[te], p)["log_loss"] * len(te))
+    totals = {k: float(np.sum(v) / len(z)) for k, v in scores.items()}
+    best = min(totals, key=totals.get)
+    c = {"type": "identity"} if best == "identity" else (cal.fit_platt(z, y) if best == "platt" else cal.fit_isotonic(z, y))
+    return c, totals
+
+
+def _stack_crossfit(F: pd.DataFrame, members: list[str], fold_of: np.ndarray, seed: int):
+    """Cross-fitted member calibration + combiner + final calibration: OOF ensemble logits."""
+    y = (F["gender"] == "male").to_numpy()
+    Z = F[[f"z_{m}" for m in members]].to_numpy()
+    out = np.full(len(F), np.nan)
+    Zcal_all = np.full_like(Z, np.nan)
+    for k in np.unique(fold_of):
+        tr, te = fold_of != k, fold_of == k
+        cals = [cal.fit_platt(Z[tr, j], y[tr]) for j in range(len(members))]
+        Zc_tr = np.column_stack([cal.apply(c, Z[tr, j]) for j, c in enumerate(cals)])
+        Zc_te = np.column_stack([cal.apply(c, Z[te, j]) for j, c in enumerate(cals)])
+        Zcal_all[te] = Zc_te
+        comb = _fit_combiner(Zc_tr, y[tr], members)
+        zc_tr = _apply_combiner(comb, Zc_tr, members)
+        fc, _ = _choose_final_calibration(zc_tr, y[tr], F["speaker_id"].to_numpy()[tr], seed)
+        out[te] = cal.apply(fc, _apply_combiner(comb, Zc_te, members))
+    return out, Zcal_all
+
+
+def _speaker_accuracy(F: pd.DataFrame, p: np.ndarray, threshold: float) -> dict:
+    from grv_batch.speakers import SpeakerParams, aggregate_speakers
+
+    conf = np.maximum(p, 1 - p)
+    d = pd.DataFrame({"speaker_id": F["speaker_id"].to_numpy(), "p_male": p, "confidence": conf,
+                      "label": np.where(conf >= threshold, np.where(p > 0.5, "male", "female"), "uncertain"),
+                      "speech_s": F["speech_s"].to_numpy(), "gender": F["gender"].to_numpy()})
+    sp = aggregate_speakers(d, params=SpeakerParams(confidence_threshold=threshold))
+    correct = (sp["p_male"] > 0.5) == (sp["gender"] == "male")
+    return {"n_speakers": int(len(sp)), "speaker_accuracy": float(correct.mean()),
+            "speaker_coverage": float((sp["label"] != "uncertain").mean())}
+
+
+def _choose_threshold(y, p, target=0.985) -> float:
+    for t in np.round(np.arange(0.6, 0.99, 0.01), 2):
+        conf = np.maximum(p, 1 - p)
+        m = conf >= t
+        if m.sum() and ((p[m] > 0.5) == (y[m] > 0.5)).mean() >= target:
+            return float(t)
+    return 0.95
+
+
+def _seed_model_probs(seed_model, W) -> np.ndarray:
+    from grv_batch.training.cv_mel import build_seed_model
+
+    net = build_seed_model(seed_model)
+    X = np.stack(W["mel128"].to_numpy()).astype(np.float32)
+    return net.predict(X, batch_size=2048, verbose=0)[:, 0].astype(np.float64)
+
+
+def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, seed: int = 0,
+                 cache: str | os.PathLike | None = None, variants=VARIANTS, seed_model=None,
+                 cv_mel_model: str | None = None, heldout_corpus: bool = True, workers: int = 2,
+                 epochs: dict | None = None, name: str = "grv-batch", version: str | None = None,
+                 report: str | os.PathLike | None = None) -> dict:
+    """Train, evaluate and write a model bundle to ``out``; returns the evaluation summary.
+
+    ``metadata``: CSV/Parquet path or DataFrame with ``path`` (relative to ``data_root``),
+    ``speaker_id``, ``gender`` and optionally ``corpus``. ``commonvoice``: the Common Voice mel128
+    parquet for the ``cv_mel`` member (or ``cv_mel_model``: an already trained ``.keras`` file);
+    without either the bundle has the audio members only.
+    """
+    import keras
+
+    from grv_batch.training import members as M
+    from grv_batch.training.dataset import extract
+
+    t0 = time.time()
+    ep = {"voice_profile": 80, "frames": 30, "cv_mel": 25, **(epochs or {})}
+    meta = metadata if isinstance(metadata, pd.DataFrame) else (
+        pd.read_parquet(metadata) if str(metadata).endswith(".parquet") else pd.read_csv(metadata))
+    for col in ("path", "gender", "speaker_id"):
+        if col not in meta.columns:
+            raise ValueError(f"metadata needs a {col!r} column")
+    meta = meta[meta["gender"].isin(["female", "male"])].copy()
+    if "corpus" not in meta.columns:
+        meta["corpus"] = "all"
+    meta["speaker_id"] = meta["speaker_id"].astype(str)
+    cache = Path(cache or Path(tempfile.gettempdir()) / "grv-batch-features")
+    _log(f"extracting features for {len(meta)} clips x {list(variants)} (cache {cache})")
+    errors = extract(meta, data_root, cache, variants, seed=seed, workers=workers)
+    for e in errors:
+        _log(f"skipped: {e}")
+    W, logmels = load_all(meta, cache, variants, seed)
+    y = (W["gender"] == "male").to_numpy()
+    _log(f"{len(W)} windows from {W['path'].nunique()} clips, {W['speaker_id'].nunique()} speakers")
+
+    # ---- cv_mel (Common Voice only) ----
+    members: list[str] = []
+    trained: dict[str, tuple] = {}
+    Zw: dict[str, np.ndarray] = {}
+    if cv_mel_model or commonvoice:
+        if cv_mel_model:
+            cvm = keras.saving.load_model(cv_mel_model, compile=False, safe_mode=True)
+        else:
+            from grv_batch.training.cv_mel import load_commonvoice, train_cv_mel
+
+            _log("training cv_mel on Common Voice")
+            Xcv, ycv = load_commonvoice(commonvoice)
+            cvm = train_cv_mel(Xcv, ycv, epochs=ep["cv_mel"], seed=seed)
+        from grv_batch.training.cv_mel import CV_MEL_CONFIG
+
+        # the preprocessing follows from the model's input width (128: legacy full band)
+        cv_config = dict(CV_MEL_CONFIG) if cvm.input_shape[-1] == CV_MEL_CONFIG["n_bands"] else {}
+        members.append("cv_mel")
+        trained["cv_mel"] = (cvm, cv_config)
+        Zw["cv_mel"] = M.predict_member("cv_mel", cvm, cv_config, W, logmels)
+
+    # ---- speaker-grouped k-fold for the audio members ----
+    fold_map = _folds(meta, folds, seed)
+    fold = W["speaker_id"].map(fold_map).to_numpy()
+    for m in AUDIO_MEMBERS:
+        members.append(m)
+        Zw[m] = np.full(len(W), np.nan)
+    data_sig = _sig(sorted(meta["path"]), sorted(meta["speaker_id"]), list(variants), folds, seed, M.VERSION)
+    for k in range(folds):
+        tr, te = np.nonzero(fold != k)[0], np.nonzero(fold == k)[0]
+        assert not set(W["speaker_id"].iloc[tr]) & set(W["speaker_id"].iloc[te])
+        _log(f"fold {k + 1}/{folds}: {len(tr)} train windows, {len(te)} test windows")
+
+        def _vp():
+            vp, vpc = M.fit_voice_profile(W.iloc[tr], y[tr], seed=seed + k, epochs=ep["voice_profile"])
+            return M.predict_member("voice_profile", vp, vpc, W.iloc[te], [logmels[i] for i in te])
+
+        def _fr():
+            fr, frc = M.fit_frames(W.iloc[tr], [logmels[i] for i in tr], y[tr], seed=seed + k, epochs=ep["frames"])
+            return M.predict_member("frames", fr, frc, W.iloc[te], [logmels[i] for i in te])
+
+        Zw["voice_profile"][te] = _memo(cache, f"oof-vp-{k}-{_sig(data_sig, ep['voice_profile'])}", _vp)
+        Zw["frames"][te] = _memo(cache, f"oof-fr-{k}-{_sig(data_sig, ep['frames'])}", _fr)
+
+    # ---- file-level out-of-fold table ----
+    F = None
+    for m in members:
+        g = file_level(W, Zw[m])
+        if F is None:
+            F = g.rename(columns={"z": f"z_{m}"})
+        else:
+            F[f"z_{m}"] = g["z"].to_numpy()
+    if seed_model:
+        ps = _seed_model_probs(seed_model, W)
+        F["p_original"] = cal.sigmoid(file_level(W, cal.logit(ps))["z"].to_numpy())
+    yF = (F["gender"] == "male").to_numpy()
+    fF = F["speaker_id"].map(fold_map).to_numpy()
+    z_ens, Zcal = _stack_crossfit(F, members, fF, seed)
+    F["p_ensemble"] = cal.sigmoid(z_ens)
+    for j, m in enumerate(members):
+        F[f"p_{m}"] = cal.sigmoid(Zcal[:, j])
+
+    # ---- final stacking fitted on all OOF ----
+    Z = F[[f"z_{m}" for m in members]].to_numpy()
+    member_cal = {m: cal.fit_platt(Z[:, j], yF) for j, m in enumerate(members)}
+    Zc = np.column_stack([cal.apply(member_cal[m], Z[:, j]) for j, m in enumerate(members)])
+    comb = _fit_combiner(Zc, yF, members)
+    final_cal, cal_scores = _choose_final_calibration(_apply_combiner(comb, Zc, members), yF, F["speaker_id"].to_numpy(), seed)
+    comb["calibration"] = final_cal
+    threshold = _choose_threshold(yF, F["p_ensemble"].to_numpy())
+
+    # ---- metrics ----
+    summary = evaluate_oof(F, members, threshold, has_original=bool(seed_model))
+    summary["calibration_choice_logloss"] = cal_scores
+    summary["combiner"] = comb
+    summary["member_calibration"] = member_cal
+    summary["threshold"] = threshold
+
+    # ---- held-out corpus ----
+    if heldout_corpus and meta["corpus"].nunique() > 1:
+        summary["heldout_corpus"] = heldout_corpus_eval(W, logmels, y, F, members, trained, member_cal, comb,
+                                                        ep, seed, has_original=bool(seed_model),
+                                                        cache=cache, data_sig=data_sig)
+
+    # ---- final members on every speaker ----
+    _log("training final members on all speakers")
+    trained["voice_profile"] = _memo_model(cache, f"final-vp-{_sig(data_sig, ep['voice_profile'])}",
+                                           lambda: M.fit_voice_profile(W, y, seed=seed, epochs=ep["voice_profile"]))
+    trained["frames"] = _memo_model(cache, f"final-fr-{_sig(data_sig, ep['frames'])}",
+                                    lambda: M.fit_frames(W, logmels, y, seed=seed, epochs=ep["frames"]))
+
+    version = version or _dt.datetime.now(_dt.timezone.utc).strftime("%Y.%m.%d")
+    card = model_card(meta, variants, members, summary, folds, seed)
+    card["training_seconds"] = round(time.time() - t0, 1)
+    write_bundle(out, name=name, version=version,
+                 members={m: {"kind": m, "model": trained[m][0], "config": trained[m][1],
+                              "calibration": member_cal[m]} for m in members},
+                 combiner=comb, thresholds={"confidence_threshold": threshold, "disagreement": 0.6},
+                 model_card=card, model_card_md=model_card_md(card))
+    if report:
+        Path(report).mkdir(parents=True, exist_ok=True)
+        F.drop(columns=[], errors="ignore").to_parquet(Path(report) / "oof_files.parquet")
+        (Path(report) / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    _log(f"bundle written to {out} in {time.time() - t0:.0f} s")
+    return summary
+
+
+def _pcols(members, has_original):
+    cols = [("ensemble", "p_ensemble")] + [(m, f"p_{m}") for m in members]
+    if has_original:
+        cols.append(("original network", "p_original"))
+    return cols
+
+
+def evaluate_oof(F, members, threshold, *, has_original) -> dict:
+    y = (F["gender"] == "male").to_numpy()
+    res = {"by_corpus_variant": [], "coverage": [], "speakers": [], "overall": []}
+    for name, c in _pcols(members, has_original):
+        res["overall"].append({"model": name, **binary_metrics(y, F[c].to_numpy())})
+    for (corpus, variant), g in F.groupby(["corpus", "variant"], sort=True):
+        yy = (g["gender"] == "male").to_numpy()
+        for name, c in _pcols(members, has_original):
+            m = binary_metrics(yy, g[c].to_numpy())
+            res["by_corpus_variant"].append({"corpus": corpus, "variant": variant, "model": name,
+                                             "n": m["n"], "accuracy": m["accuracy"], "ece": m["ece"]})
+    for variant, g in F.groupby("variant", sort=True):
+        yy = (g["gender"] == "male").to_numpy()
+        for r in coverage_curve(yy, g["p_ensemble"].to_numpy(), thresholds=(0.5, 0.7, 0.8, 0.9, threshold, 0.95)):
+            res["coverage"].append({"variant": variant, **r})
+        for name, c in _pcols(members, has_original):
+            res["speakers"].append({"variant": variant, "model": name,
+                                    **_speaker_accuracy(g, g[c].to_numpy(), threshold)})
+    return res
+
+
+def heldout_corpus_eval(W, logmels, y, F, members, trained, member_cal, comb, ep, seed, *, has_original,
+                        cache, data_sig):
+    """Train the audio members on two corpora, test on the third (calibration/combiner from k-fold OOF)."""
+    from grv_batch.training import members as M
+
+    rows = []
+    for c in sorted(W["corpus"].unique()):
+        tr, te = np.nonzero(W["corpus"].to_numpy() != c)[0], np.nonzero(W["corpus"].to_numpy() == c)[0]
+        _log(f"held-out corpus {c}: train {len(tr)} windows, test {len(te)}")
+        Zte = {}
+        if "cv_mel" in members:
+            Zte["cv_mel"] = M.predict_member("cv_mel", trained["cv_mel"][0], trained["cv_mel"][1], W.iloc[te],
+                                             [logmels[i] for i in te])
+
+        def _vp():
+            vp, vpc = M.fit_voice_profile(W.iloc[tr], y[tr], seed=seed, epochs=ep["voice_profile"])
+            return M.predict_member("voice_profile", vp, vpc, W.iloc[te], [logmels[i] for i in te])
+
+        def _fr():
+            fr, frc = M.fit_frames(W.iloc[tr], [logmels[i] for i in tr], y[tr], seed=seed, epochs=ep["frames"])
+            return M.predict_member("frames", fr, frc, W.iloc[te], [logmels[i] for i in te])
+
+        Zte["voice_profile"] = _memo(cache, f"hoc-vp-{c}-{_sig(data_sig, ep['voice_profile'])}", _vp)
+        Zte["frames"] = _memo(cache, f"hoc-fr-{c}-{_sig(data_sig, ep['frames'])}", _fr)
+        Wte = W.iloc[te].reset_index(drop=True)
+        G = None
+        for m in members:
+            g = file_level(Wte, cal.apply(member_cal[m], Zte[m]))
+            if G is None:
+                G = g.rename(columns={"z": f"zc_{m}"})
+            else:
+                G[f"zc_{m}"] = g["z"].to_numpy()
+        Zc = G[[f"zc_{m}" for m in members]].to_numpy()
+        G["p_ensemble"] = cal.sigmoid(cal.apply(comb.get("calibration"), _apply_combiner(comb, Zc, members)))
+        for m in members:
+            G[f"p_{m}"] = cal.sigmoid(G[f"zc_{m}"])
+        if has_original:
+            G = G.merge(F[["path", "variant", "p_original"]], on=["path", "variant"], how="left")
+        for variant, g in G.groupby("variant", sort=True):
+            yy = (g["gender"] == "male").to_numpy()
+            for name, col in _pcols(members, has_original):
+                m = binary_metrics(yy, g[col].to_numpy())
+                rows.append({"heldout_corpus": c, "variant": variant, "model": name, "n": m["n"],
+                             "accuracy": m["accuracy"], "ece": m["ece"]})
+    return rows
+
+
+def model_card(meta, variants, members, summary, folds, seed) -> dict:
+    data = (meta.groupby("corpus").agg(clips=("path", "size"), speakers=("speaker_id", "nunique"),
+                                       female_speakers=("speaker_id", lambda s: s[meta.loc[s.index, "gender"] == "female"].nunique()),
+                                       male_speakers=("speaker_id", lambda s: s[meta.loc[s.index, "gender"] == "male"].nunique()))
+            .reset_index().to_dict("records"))
+    return {
+        "data": data,
+        "variants": list(variants),
+        "cv": {"folds": folds, "seed": seed, "grouped_by": "speaker_id", "stratified_by": "gender, corpus"},
+        "members": {
+            "cv_mel": {"data": "66,938 Common Voice clips (commonvoice-mel128), never the clips below",
+                       "features": "mel128 time-mean mel power (22.05 kHz, raw decoded audio): log10, minus its mean over bands",
+                       "augmentation": "mel domain: tilt, noise spectra 0-30 dB SNR, telephone band, low-pass, gain"},
+            "voice_profile": {"data": "the clips below, all augmentation variants",
+                              "features": "pitch, formant, spectral and MFCC statistics (FEATURE_COLUMNS minus recording-quality columns), standardised (JSON)"},
+            "frames": {"data": "the clips below, all augmentation variants",
+                       "features": "64-band log-mel frames (100/s) of the processed 16 kHz audio, 3 s crops, mean-removed; logits averaged over crops"},
+        },
+        "members_in_bundle": members,
+        "evaluation": summary,
+    }
+
+
+def model_card_md(card: dict) -> str:
+    s = card["evaluation"]
+    lines = ["# grv-batch model bundle", "",
+             "Members: " + ", ".join(f"`{m}`" for m in card["members_in_bundle"]) +
+             ". Combiner: logistic stacking of Platt-calibrated member log-odds, then "
+             f"`{s['combiner']['calibration']['type']}` calibration (chosen by speaker-grouped CV log loss).", "",
+             f"Recommended confidence threshold: {s['threshold']} (smallest with >= 98.5% accuracy on confident files, out of fold).", "",
+             "## Data", "", markdown_table(card["data"]), "",
+             f"Augmentation variants evaluated separately: {', '.join(card['variants'])}.", "",
+             "## Speaker-grouped cross-validation (out of fold, file level, p_male > 0.5)", "",
+             markdown_table(s["overall"]), "", markdown_table(s["by_corpus_variant"]), "",
+             "## Accuracy / coverage (ensemble)", "", markdown_table(s["coverage"]), "",
+             "## Speakers (log-odds pooled per speaker)", "", markdown_table(s["speakers"]), ""]
+    if "heldout_corpus" in s:
+        lines += ["## Held-out corpus (train on the other two)", "", markdown_table(s["heldout_corpus"]), ""]
+    lines += ["## Members", ""]
+    for m in card["members_in_bundle"]:
+        d = card["members"][m]
+        lines.append(f"- `{m}`: data: {d['data']}; features: {d['features']}.")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--metadata", required=True)
+    ap.add_argument("--data-root", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--commonvoice")
+    ap.add_argument("--cv-mel-model", help="an already trained cv_mel .keras (skips Common Voice training)")
+    ap.add_argument("--seed-model", help="original network weights, evaluated side by side")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cache")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--no-heldout-corpus", action="store_true")
+    ap.add_argument("--epochs", default="", help="e.g. frames=20,voice_profile=60")
+    ap.add_argument("--report", help="folder for out-of-fold predictions and the summary JSON")
+    ap.add_argument("--version")
+    a = ap.parse_args(argv)
+    epochs = {k: int(v) for k, v in (kv.split("=") for kv in a.epochs.split(",") if kv)}
+    train_bundle(metadata=a.metadata, data_root=a.data_root, out=a.out, commonvoice=a.commonvoice,
+                 folds=a.folds, seed=a.seed, cache=a.cache, variants=tuple(a.variants.split(",")),
+                 seed_model=a.seed_model, cv_mel_model=a.cv_mel_model, heldout_corpus=not a.no_heldout_corpus,
+                 workers=a.workers, epochs=epochs, version=a.version, report=a.report)
+
+
+if __name__ == "__main__":
+    main()
