@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 from pydantic import Field
 
 from grv_batch._params import Params
@@ -83,22 +86,142 @@ def denoise(audio: np.ndarray, sr: int, params: DenoiseParams | None = None) -> 
     noise_ref = _noise_reference(audio, sr, params.min_dynamic_range_db)
     if noise_ref is None:
         return audio
-    import noisereduce  # imported lazily: it pulls in heavy optional modules
+    if params.stationary:
+        out = _spectral_gate_stationary(audio, noise_ref, params.prop_decrease, int(sr))
+    else:
+        import noisereduce  # imported lazily: it pulls in heavy optional modules
 
-    out = noisereduce.reduce_noise(
-        y=audio,
-        sr=int(sr),
-        stationary=params.stationary,
-        y_noise=noise_ref if params.stationary else None,
-        prop_decrease=params.prop_decrease,
-        n_fft=_N_FFT,
-        # 50 % overlap (Hann is COLA there) halves the cost of noisereduce's default 75 %
-        hop_length=_N_FFT // 2,
-        # one chunk for the whole window: no temporary memmap files, no 2x30000 samples of padding
-        chunk_size=audio.size,
-        padding=_N_FFT,
-        n_jobs=1,  # parallelism lives at the batch level (Dask); no nested process pools
-    )
+        out = noisereduce.reduce_noise(
+            y=audio,
+            sr=int(sr),
+            stationary=False,
+            prop_decrease=params.prop_decrease,
+            n_fft=_N_FFT,
+            # 50 % overlap (Hann is COLA there) halves the cost of noisereduce's default 75 %
+            hop_length=_N_FFT // 2,
+            # one chunk for the whole window: no temporary memmap files, no 2x30000 samples of padding
+            chunk_size=audio.size,
+            padding=_N_FFT,
+            n_jobs=1,  # parallelism lives at the batch level (Dask); no nested process pools
+        )
     out = np.asarray(out, dtype=np.float32)
     # Gating cannot create energy, but guard anyway: a non-finite value would poison every feature.
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0, copy=False)
+
+
+# --- Stationary spectral gating -----------------------------------------------------------------
+#
+# What follows computes exactly what ``noisereduce.reduce_noise(y, sr, stationary=True,
+# y_noise=ref, prop_decrease=p, n_fft=1024, hop_length=512, chunk_size=len(y), padding=1024,
+# n_jobs=1)`` (noisereduce 3.x, defaults otherwise: n_std_thresh_stationary=1.5,
+# freq_mask_smooth_hz=500, time_mask_smooth_ms=50) computes, up to float rounding (~1e-15), without
+# its overheads: scipy's ``istft`` overlap-adds in a Python loop over frames, the 2-D smoothing runs
+# through ``fftconvolve`` although the kernel is separable, and the mask is built through
+# ``np.repeat``. It is the same float64 arithmetic in the same order wherever it matters.
+
+_HOP = _N_FFT // 2
+_PAD = _N_FFT  # noisereduce's ``padding``: zeros on each side of the one chunk
+_N_STD_THRESH = 1.5
+_FREQ_SMOOTH_HZ = 500.0
+_TIME_SMOOTH_MS = 50.0
+# a NumPy float64 scalar (not a Python float): it promotes a float32 |x| to float64, as in noisereduce
+_EPS = np.finfo(np.float64).eps
+
+
+@lru_cache(maxsize=1)
+def _hann() -> np.ndarray:
+    import scipy.signal
+
+    return scipy.signal.get_window("hann", _N_FFT)  # periodic, as scipy.signal.stft uses
+
+
+@lru_cache(maxsize=8)
+def _smoothing_widths(sr: int) -> tuple[int, int]:
+    """noisereduce's mask-smoothing filter, ``outer(tri(n_f), tri(n_t))`` normalised, as the box
+    widths ``(n_f + 1, n_t + 1)``: its triangle ``tri(n)`` (``k / (n + 1)``, k = 1 .. n+1 .. 1) is a
+    box of ``n + 1`` ones convolved with itself, over ``(n + 1)**2``."""
+    n_grad_freq = int(_FREQ_SMOOTH_HZ / (sr / (_N_FFT / 2)))
+    n_grad_time = int(_TIME_SMOOTH_MS / ((_HOP / sr) * 1000))
+    if n_grad_freq < 1 or n_grad_time < 1:
+        raise ValueError(f"sample rate {sr} Hz too low for noisereduce's mask smoothing")
+    return n_grad_freq + 1, n_grad_time + 1
+
+
+def _tri_same(x: np.ndarray, width: int, axis: int) -> np.ndarray:
+    """Integer convolution with the triangle box(width) * box(width) along ``axis``, zero beyond the
+    edges, centred (``mode="same"``). Exact on integer input (running sums)."""
+    n = x.shape[axis]
+    for _ in range(2):
+        pad = [(0, 0)] * x.ndim
+        pad[axis] = (width, width - 1)
+        c = np.cumsum(np.pad(x, pad), axis=axis)
+        m = x.shape[axis] + width - 1
+        x = np.take(c, np.arange(width, width + m), axis=axis) - np.take(c, np.arange(m), axis=axis)
+    return np.take(x, np.arange(width - 1, width - 1 + n), axis=axis)
+
+
+def _smooth_mask(above: np.ndarray, prop_decrease: float, sr: int) -> np.ndarray:
+    """``fftconvolve(above * p + ones * (1 - p), kernel, mode="same")`` for a boolean ``(T, F)``
+    mask, by exact integer running sums (the kernel is separable and made of boxes)."""
+    wf, wt = _smoothing_widths(sr)
+    m = above.astype(np.int32)
+    d = _tri_same(_tri_same(m, wf, axis=1), wt, axis=0)
+    ones_f = _tri_same(np.ones(above.shape[1], np.int32), wf, axis=0)
+    ones_t = _tri_same(np.ones(above.shape[0], np.int32), wt, axis=0)
+    e = np.multiply.outer(ones_t, ones_f)
+    return (d * prop_decrease + e * (1.0 - prop_decrease)) / float(wf * wf * wt * wt)
+
+
+def _amp_to_db(x: np.ndarray, axis: int) -> np.ndarray:
+    """noisereduce's ``_amp_to_db``: 20 log10(|x| + eps), floored 80 dB below the max along ``axis``."""
+    db = 20 * np.log10(np.abs(x) + _EPS)
+    return np.maximum(db, np.max(db, axis=axis, keepdims=True) - 80.0)
+
+
+def _noise_threshold(noise_ref: np.ndarray) -> np.ndarray:
+    """Per-frequency gating threshold in dB (mean + 1.5 std of the noise STFT), shape ``(513,)``."""
+    import scipy.signal
+
+    # the noise profile is small (quiet blocks only); scipy.signal.stft exactly as noisereduce calls
+    # it, on the float32 reference (so its STFT is complex64, as in noisereduce)
+    _, _, noise_stft = scipy.signal.stft(
+        noise_ref, nfft=_N_FFT, noverlap=_N_FFT - _HOP, nperseg=_N_FFT, padded=False
+    )
+    db = _amp_to_db(noise_stft, axis=-1)
+    return np.mean(db, axis=1) + np.std(db, axis=1) * _N_STD_THRESH
+
+
+def _spectral_gate_stationary(
+    audio: np.ndarray, noise_ref: np.ndarray, prop_decrease: float, sr: int = 16000
+) -> np.ndarray:
+    import scipy.fft
+
+    n = audio.size
+    thresh = _noise_threshold(noise_ref)
+    win = _hann()
+    # the chunk (zeros(_PAD), audio, zeros(_PAD)) in float64, extended by scipy.signal.stft's
+    # boundary="zeros" (n_fft // 2 each side)
+    lead = _PAD + _N_FFT // 2
+    x = np.zeros(n + 2 * lead)
+    x[lead : lead + n] = audio
+    frames = sliding_window_view(x, _N_FFT)[::_HOP]  # (T, n_fft), no copy
+    scale = np.sqrt(1.0 / win.sum() ** 2)
+    spec = scipy.fft.rfft(win * frames, n=_N_FFT, axis=-1)  # (T, 513)
+    spec *= scale
+    db = _amp_to_db(spec, axis=0)  # floor relative to each frequency's max over time
+    spec *= _smooth_mask(db > thresh, prop_decrease, sr)
+    # scipy.signal.istft, overlap-add vectorised (50 % overlap: each sample has two frames)
+    sub = scipy.fft.irfft(spec, n=_N_FFT, axis=-1)
+    sub *= win.sum()
+    sub *= win
+    n_frames = sub.shape[0]
+    ola = np.zeros((n_frames + 1, _HOP))
+    ola[:n_frames] += sub[:, :_HOP]
+    ola[1:] += sub[:, _HOP:]
+    w2 = win**2
+    norm = np.zeros((n_frames + 1, _HOP))
+    norm[:n_frames] += w2[:_HOP]
+    norm[1:] += w2[_HOP:]
+    ola, norm = ola.ravel(), norm.ravel()
+    out = ola[lead : lead + n] / np.where(norm[lead : lead + n] > 1e-10, norm[lead : lead + n], 1.0)
+    return out.astype(np.float32)
