@@ -147,27 +147,28 @@ def _smoothing_widths(sr: int) -> tuple[int, int]:
     return n_grad_freq + 1, n_grad_time + 1
 
 
-def _tri_same(x: np.ndarray, width: int, axis: int) -> np.ndarray:
-    """Integer convolution with the triangle box(width) * box(width) along ``axis``, zero beyond the
-    edges, centred (``mode="same"``). Exact on integer input (running sums)."""
-    n = x.shape[axis]
+def _tri_same(x: np.ndarray, width: int) -> np.ndarray:
+    """Integer convolution along axis 0 with the triangle box(width) * box(width), zero beyond the
+    edges, centred (``mode="same"``). Exact on integer input (running sums over whole rows)."""
+    n = x.shape[0]
     for _ in range(2):
-        pad = [(0, 0)] * x.ndim
-        pad[axis] = (width, width - 1)
-        c = np.cumsum(np.pad(x, pad), axis=axis)
-        m = x.shape[axis] + width - 1
-        x = np.take(c, np.arange(width, width + m), axis=axis) - np.take(c, np.arange(m), axis=axis)
-    return np.take(x, np.arange(width - 1, width - 1 + n), axis=axis)
+        c = np.zeros((x.shape[0] + 2 * width,) + x.shape[1:], x.dtype)
+        np.cumsum(x, axis=0, out=c[width + 1 : width + 1 + x.shape[0]])
+        c[width + 1 + x.shape[0] :] = c[width + x.shape[0]]
+        m = x.shape[0] + width - 1
+        # c[i + 1] = sum of x[: i + 1 - width]; box sum full[i] = sum_{j=i-width+1..i} x[j]
+        x = c[width + 1 : width + 1 + m] - c[1 : 1 + m]
+    return x[width - 1 : width - 1 + n]
 
 
 def _smooth_mask(above: np.ndarray, prop_decrease: float, sr: int) -> np.ndarray:
     """``fftconvolve(above * p + ones * (1 - p), kernel, mode="same")`` for a boolean ``(T, F)``
     mask, by exact integer running sums (the kernel is separable and made of boxes)."""
     wf, wt = _smoothing_widths(sr)
-    m = above.astype(np.int32)
-    d = _tri_same(_tri_same(m, wf, axis=1), wt, axis=0)
-    ones_f = _tri_same(np.ones(above.shape[1], np.int32), wf, axis=0)
-    ones_t = _tri_same(np.ones(above.shape[0], np.int32), wt, axis=0)
+    d = _tri_same(np.ascontiguousarray(above.T, dtype=np.int32), wf)  # over frequency
+    d = _tri_same(np.ascontiguousarray(d.T), wt)  # over time
+    ones_f = _tri_same(np.ones(above.shape[1], np.int32), wf)
+    ones_t = _tri_same(np.ones(above.shape[0], np.int32), wt)
     e = np.multiply.outer(ones_t, ones_f)
     return (d * prop_decrease + e * (1.0 - prop_decrease)) / float(wf * wf * wt * wt)
 
