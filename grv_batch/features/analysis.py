@@ -224,13 +224,6 @@ def iter_windows(source: Source, params: AnalysisParams | None = None) -> Iterat
         yield analyze_window(window, sr, params, start_s)
 
 
-def _weighted(values: np.ndarray, weights: np.ndarray) -> float:
-    ok = np.isfinite(values) & (weights > 0)
-    if not ok.any():
-        return float("nan")
-    return float(np.average(values[ok], weights=weights[ok]))
-
-
 def pool_windows(windows: list[WindowAnalysis]) -> dict[str, float | list[float]]:
     """The file's ``features`` row from its windows.
 
@@ -242,16 +235,21 @@ def pool_windows(windows: list[WindowAnalysis]) -> dict[str, float | list[float]
         raise ValueError("no windows to pool")
     cols = list(windows[0].features)
     table = np.array([[w.features[c] for c in cols] for w in windows], dtype=np.float64)
-    speech = np.array([w.speech_s for w in windows])
-    dur = np.array([w.duration_s for w in windows])
-    out: dict[str, float | list[float]] = {}
-    for j, c in enumerate(cols):
-        if c == "speech_s":
-            out[c] = float(speech.sum())
-        elif c in ("speech_ratio", "clipping_share"):
-            out[c] = _weighted(table[:, j], dur)
-        else:
-            out[c] = _weighted(table[:, j], speech)
+    speech = np.array([w.speech_s for w in windows], dtype=np.float64)
+    dur = np.array([w.duration_s for w in windows], dtype=np.float64)
+    # every column at once: weights per column (speech seconds, or duration for two of them),
+    # zero where the value is not finite; the same sums np.average makes per column
+    by_duration = np.array([c in ("speech_ratio", "clipping_share") for c in cols])
+    weights = np.where(by_duration[None, :], dur[:, None], speech[:, None])
+    ok = np.isfinite(table) & (weights > 0)
+    w = np.where(ok, weights, 0.0)
+    num = np.multiply(np.where(ok, table, 0.0), w).sum(axis=0)
+    den = w.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pooled = np.where(ok.any(axis=0), num / np.where(den > 0, den, 1.0), np.nan)
+    out: dict[str, float | list[float]] = dict(zip(cols, pooled.tolist(), strict=True))
+    if "speech_s" in out:
+        out["speech_s"] = float(speech.sum())
     frames = np.array([w.mel128_frames for w in windows], dtype=np.float64)
     mels = np.stack([w.mel128 for w in windows]).astype(np.float64)
     if frames.sum() > 0:
