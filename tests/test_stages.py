@@ -241,6 +241,34 @@ def test_denoise_keeps_steady_tone_and_can_be_disabled() -> None:
         DenoiseParams(prop_decrease=1.5)
 
 
+def test_denoise_matches_noisereduce() -> None:
+    """The in-house stationary gating is noisereduce's, number for number."""
+    import noisereduce
+
+    from grv_batch.stages.denoise import _noise_reference
+
+    for seed, amp in ((3, 0.02), (4, 0.002)):
+        noisy = voice(4.0) + noise(4.0, amp=amp, seed=seed)
+        ref = _noise_reference(noisy, SR, 12.0)
+        assert ref is not None
+        expected = noisereduce.reduce_noise(
+            y=noisy, sr=SR, stationary=True, y_noise=ref, prop_decrease=0.9, n_fft=1024,
+            hop_length=512, chunk_size=noisy.size, padding=1024, n_jobs=1,
+        )  # fmt: skip
+        np.testing.assert_allclose(denoise(noisy, SR), expected, rtol=0, atol=1e-6)
+
+
+def test_denoise_skip_above_snr_is_opt_in() -> None:
+    clean = voice(4.0) + noise(4.0, amp=1e-4, seed=5)  # far above 30 dB
+    noisy = voice(4.0) + noise(4.0, amp=0.05, seed=6)
+    skip = DenoiseParams(skip_above_snr_db=30.0)
+    np.testing.assert_array_equal(denoise(clean, SR, skip), clean)
+    assert not np.array_equal(denoise(clean, SR), clean)  # default: always gated
+    np.testing.assert_array_equal(denoise(noisy, SR, skip), denoise(noisy, SR))
+    with pytest.raises(ValidationError):
+        DenoiseParams(skip_above_snr_db=-1.0)
+
+
 # --- normalise ----------------------------------------------------------------------------------
 
 
