@@ -111,9 +111,10 @@ def train(
     if commonvoice is None:
         guess = metadata.parent / "commonvoice-mel128" / "features.parquet"
         commonvoice = guess if guess.exists() else None
-    result = train_bundle(metadata=metadata, data_root=data_root, out=out,
-                          commonvoice=commonvoice, folds=folds, seed=seed)
-    console.print(f"Model bundle written to {out}" + (f": {result}" if result else ""))
+    train_bundle(metadata=metadata, data_root=data_root, out=out, commonvoice=commonvoice,
+                 folds=folds, seed=seed)
+    console.print(f"Model bundle written to {out} (model card: {out / 'model_card.md'}); "
+                  f"use it with [model] bundle = \"{out}\" in a job file")
 
 
 @app.command()
