@@ -25,6 +25,10 @@ from grv_batch.discovery import AudioFile
 SHARD_TABLES = ("files", "features", "predictions")
 BATCHES_DIR = "_batches"
 
+#: Fault injection for the test suite: a worker processing a path containing this variable's value
+#: exits at once, as if a decoder had crashed. Unset in normal use.
+FAULT_INJECTION_ENV = "GRV_BATCH_TEST_CRASH_ON"
+
 #: Windows buffered before one ensemble predict; bounds memory (a 30 s window's log-mel is ~0.8 MB).
 PREDICT_CHUNK_WINDOWS = 64
 
@@ -188,7 +192,10 @@ def process_batch(task: BatchTask, *, job, layout: OutputLayout,
             window.logmel = None  # the frames are no longer needed: free them now
         pending.clear()
 
+    crash_on = os.environ.get(FAULT_INJECTION_ENV)
     for audio_file, meta in zip(task.files, task.metadata, strict=True):
+        if crash_on and crash_on in audio_file.path:
+            os._exit(70)  # fault injection for tests: die as a decoder crash would
         t0 = time.perf_counter()
         row: dict[str, Any] = {"file_id": audio_file.file_id, "path": audio_file.path,
                                "size_bytes": audio_file.size}

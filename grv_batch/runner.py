@@ -353,6 +353,7 @@ def _execute(client, tasks: list[BatchTask], *, job, layout: OutputLayout,
             try:
                 record = future.result()
             except KilledWorker:
+                _remove_batch_shards(task, layout, options)  # the dead attempt may have written some
                 if len(task.files) > 1:
                     for k, (f, meta) in enumerate(zip(task.files, task.metadata, strict=True)):
                         sub = BatchTask(batch_id=task.batch_id, files=(f,), metadata=(meta,),
@@ -379,6 +380,16 @@ def _execute(client, tasks: list[BatchTask], *, job, layout: OutputLayout,
             if finished and prog is not None:
                 prog.update(task_id, advance=1)
     return records
+
+
+def _remove_batch_shards(task: BatchTask, layout: OutputLayout,
+                         options: Mapping[str, Any]) -> None:
+    """Delete the shards a failed attempt of ``task`` may have left, before its files run again."""
+    fs, out = storage.filesystem(layout.out_url, options)
+    for name in SHARD_TABLES:
+        path = storage.join(out, name, f"part-{task.shard}.parquet")
+        if storage.exists(fs, path):
+            fs.rm(path)
 
 
 def _maybe_close_parent(parent: str, split_parents: dict[str, list[str]],

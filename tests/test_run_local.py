@@ -209,3 +209,26 @@ def test_interrupted_run_resumes_exactly_once(tmp_path):
     # finished (wall time is dominated by cluster start and model loading at this size).
     assert run["batches"]["run_now"] <= n_batches - n_batches // 2
     print(f"full run {full_s:.1f} s, resumed after kill {resumed_s:.1f} s")
+
+
+def test_a_file_that_kills_every_worker_becomes_an_error_row(tmp_path):
+    corpus = tmp_path / "corpus"
+    meta = make_mixed_corpus(corpus, n_voices=6, broken=False)
+    job = tmp_path / "big-batches.toml"
+    job.write_text("[execution]\nbatch_audio_s = 10000.0\n")  # the poison file shares its batch
+    out = tmp_path / "out"
+    proc = grv("run", str(corpus), "--out", str(out), "--metadata", str(meta), "--job", str(job),
+               "--workers", "2", "--no-progress",
+               env={"GRV_BATCH_TEST_CRASH_ON": "spk02/",
+                    "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "1"})
+    assert "one by one" in proc.stderr
+    files = read_table(out, "files")
+    assert sorted(files["path"]) == sorted(pd.read_csv(meta)["path"])
+    assert files["file_id"].is_unique
+    dead = files.set_index("path").loc["spk02/clip.ogg"]
+    assert dead["status"] == "error" and "worker process died" in dead["error"]
+    others = files[files["path"] != "spk02/clip.ogg"]
+    assert (others["status"] == "ok").all()
+    assert read_table(out, "predictions")["file_id"].is_unique
+    run = json.loads((out / "_run.json").read_text())
+    assert run["counts"]["n_error"] == 1
