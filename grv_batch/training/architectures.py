@@ -44,13 +44,15 @@ def voice_profile_model(n_features: int, seed: int = 0, width: int = 64):
     return keras.Model(inp, out, name="voice_profile")
 
 
-def frames_model(n_mels: int = 64, n_frames: int = 300, seed: int = 0, width: int = 16):
+def frames_model(n_mels: int = 64, n_frames: int = 300, seed: int = 0, width: int = 16, time_pool: int = 1):
     """Small CNN over a log-mel crop with global average pooling (time and frequency)."""
     import keras
 
     keras.utils.set_random_seed(seed)
     inp = keras.Input((n_mels, n_frames, 1), name="logmel_crop")
     x = inp
+    if time_pool > 1:   # 100 -> 100/time_pool frames per second: pitch lives in frequency
+        x = keras.layers.AveragePooling2D((1, time_pool))(x)
     for i, ch in enumerate((width, width * 2, width * 4, width * 4)):
         x = keras.layers.Conv2D(ch, 3, padding="same", use_bias=False)(x)
         x = keras.layers.BatchNormalization()(x)

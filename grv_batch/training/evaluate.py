@@ -72,8 +72,8 @@ def bundle_check(metadata, data_root, bundle=None, limit=60, seed=0) -> list[dic
 
     meta = pd.read_csv(metadata)
     if limit:
-        meta = meta.groupby(["corpus", "gender"], group_keys=False).apply(
-            lambda g: g.sample(min(len(g), max(1, limit // 6)), random_state=seed))
+        n = max(1, limit // meta.groupby(["corpus", "gender"]).ngroups)
+        meta = meta.groupby(["corpus", "gender"]).sample(n=n, random_state=seed)
     ens = load_ensemble(bundle, params=ModelParams())
     out = []
     for _, r in meta.iterrows():

@@ -8,7 +8,7 @@ import pandas as pd
 from grv_batch.models.members import CROP_FRAMES, CROP_HOP, member_logits
 
 #: bump when a fitting recipe changes (invalidates cached out-of-fold logits)
-VERSION = 1
+VERSION = 2
 
 #: voice statistics used by ``voice_profile`` (recording-quality columns are left out on purpose:
 #: they describe the channel, not the voice, and would let the model learn corpus shortcuts)
@@ -82,8 +82,8 @@ def _random_crop(m: np.ndarray, rng: np.random.Generator, crop: int) -> np.ndarr
     return out
 
 
-def fit_frames(rows: pd.DataFrame, logmels: list, y: np.ndarray, *, seed: int = 0, epochs: int = 30,
-               crops_per_row: int = 1, width: int = 16):
+def fit_frames(rows: pd.DataFrame, logmels: list, y: np.ndarray, *, seed: int = 0, epochs: int = 20,
+               crops_per_row: int = 1, width: int = 12, time_pool: int = 2):
     import keras
 
     from grv_batch.training.architectures import frames_model
@@ -93,7 +93,7 @@ def fit_frames(rows: pd.DataFrame, logmels: list, y: np.ndarray, *, seed: int = 
     ok = np.array([m is not None for m in norm])
     idx = np.nonzero(ok)[0]
     w = speaker_weights(rows)[idx]
-    model = frames_model(64, CROP_FRAMES, seed=seed, width=width)
+    model = frames_model(64, CROP_FRAMES, seed=seed, width=width, time_pool=time_pool)
     n_per_epoch = len(idx) * crops_per_row
     steps = int(np.ceil(n_per_epoch / 32)) * epochs
     model.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(2e-3, steps, alpha=0.05)),

@@ -1,0 +1,69 @@
+"""Does a classic member add anything? Speaker-grouped CV of a logistic regression over the
+voice statistics, stacked with the other members' out-of-fold logits.
+
+    python -m grv_batch.training.classic --report DIR --cache CACHE --metadata ../shared/data/manifest.csv
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pandas as pd
+
+from grv_batch.training.metrics import binary_metrics, markdown_table
+
+
+def main(argv=None):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from grv_batch.models import calibration as cal
+    from grv_batch.training.augment import VARIANTS
+    from grv_batch.training.members import profile_columns
+    from grv_batch.training.train import _fit_combiner, _folds, file_level, load_all
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--report", required=True)
+    ap.add_argument("--cache", required=True)
+    ap.add_argument("--metadata", required=True)
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    meta = pd.read_csv(a.metadata)
+    meta["speaker_id"] = meta["speaker_id"].astype(str)
+    W, _ = load_all(meta, a.cache, VARIANTS, a.seed)
+    y = (W["gender"] == "male").to_numpy()
+    fold = W["speaker_id"].map(_folds(meta, a.folds, a.seed)).to_numpy()
+    X = W[profile_columns()].to_numpy(dtype=float)
+    X = np.where(np.isfinite(X), X, np.nanmean(X, axis=0))
+    z = np.full(len(W), np.nan)
+    for k in range(a.folds):
+        tr, te = fold != k, fold == k
+        lr = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=3000)).fit(X[tr], y[tr])
+        z[te] = lr.decision_function(X[te])
+    F = pd.read_parquet(f"{a.report}/oof_files.parquet")
+    g = file_level(W, z)
+    F = F.merge(g[["path", "variant", "z"]].rename(columns={"z": "z_classic"}), on=["path", "variant"])
+    yF = (F["gender"] == "male").to_numpy()
+    fF = F["speaker_id"].map(_folds(meta, a.folds, a.seed)).to_numpy()
+    base = [c[2:] for c in F.columns if c.startswith("z_") and c != "z_classic"]
+    rows = [{"model": "classic (logistic regression) alone", **binary_metrics(yF, cal.sigmoid(F["z_classic"]))}]
+    for members in (base, base + ["classic"]):
+        p = np.full(len(F), np.nan)
+        for k in np.unique(fF):
+            tr, te = fF != k, fF == k
+            Z = F[[f"z_{m}" for m in members]].to_numpy()
+            cals = [cal.fit_platt(Z[tr, j], yF[tr]) for j in range(len(members))]
+            Zc = np.column_stack([cal.apply(c, Z[:, j]) for j, c in enumerate(cals)])
+            comb = _fit_combiner(Zc[tr], yF[tr], members)
+            w = np.array([comb["weights"][m] for m in members])
+            p[te] = cal.sigmoid(Zc[te] @ w + comb["bias"])
+        rows.append({"model": "stack of " + ", ".join(members), **binary_metrics(yF, p)})
+    print(markdown_table(rows))
+
+
+if __name__ == "__main__":
+    main()
