@@ -23,7 +23,7 @@ def main(argv=None):
     from grv_batch.models import calibration as cal
     from grv_batch.training.augment import VARIANTS
     from grv_batch.training.members import profile_columns
-    from grv_batch.training.train import _fit_combiner, _folds, file_level, load_all
+    from grv_batch.training.train import _folds, _stack_crossfit, file_level, load_all
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--report", required=True)
@@ -52,16 +52,12 @@ def main(argv=None):
     base = [c[2:] for c in F.columns if c.startswith("z_") and c != "z_classic"]
     rows = [{"model": "classic (logistic regression) alone", **binary_metrics(yF, cal.sigmoid(F["z_classic"]))}]
     for members in (base, base + ["classic"]):
-        p = np.full(len(F), np.nan)
-        for k in np.unique(fF):
-            tr, te = fF != k, fF == k
-            Z = F[[f"z_{m}" for m in members]].to_numpy()
-            cals = [cal.fit_platt(Z[tr, j], yF[tr]) for j in range(len(members))]
-            Zc = np.column_stack([cal.apply(c, Z[:, j]) for j, c in enumerate(cals)])
-            comb = _fit_combiner(Zc[tr], yF[tr], members)
-            w = np.array([comb["weights"][m] for m in members])
-            p[te] = cal.sigmoid(Zc[te] @ w + comb["bias"])
+        z_ens, _ = _stack_crossfit(F, members, fF, a.seed)
+        p = cal.sigmoid(z_ens)
         rows.append({"model": "stack of " + ", ".join(members), **binary_metrics(yF, p)})
+        for v in ("clean", "telephone", "wild"):
+            m = (F["variant"] == v).to_numpy()
+            rows.append({"model": f"  ... on {v}", **binary_metrics(yF[m], p[m])})
     print(markdown_table(rows))
 
 

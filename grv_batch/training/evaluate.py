@@ -3,6 +3,7 @@ inference API.
 
     # tables and target checks from out-of-fold predictions written by `train --report DIR`
     python -m grv_batch.training.evaluate targets --report DIR
+    python -m grv_batch.training.evaluate tables --report DIR
     # run a bundle end to end (analyze_file -> predict_windows -> combine_file) over files
     python -m grv_batch.training.evaluate bundle --metadata ../shared/data/manifest.csv \
         --data-root ../shared/data [--bundle DIR] [--limit 60]
@@ -65,6 +66,36 @@ def targets(report: str | Path) -> list[dict]:
     return rows
 
 
+def tables(report: str | Path) -> str:
+    """Markdown pivot tables (accuracy / ECE per corpus x variant x model) from a run's summary."""
+    s = json.loads((Path(report) / "summary.json").read_text())
+    out = []
+
+    def pivot(rows, index, value):
+        df = pd.DataFrame(rows)
+        order = list(dict.fromkeys(df["model"]))
+        pv = df.pivot_table(index=index, columns="model", values=value, aggfunc="first")[order]
+        n = df.groupby(index)["n"].first()
+        pv.insert(0, "n", n)
+        recs = []
+        for idx, r in pv.iterrows():
+            idx = idx if isinstance(idx, tuple) else (idx,)
+            recs.append({**dict(zip(index, idx)), **{k: (int(v) if k == "n" else float(v)) for k, v in r.items()}})
+        return markdown_table(recs)
+
+    out += ["### Accuracy, speaker-grouped 5-fold CV (out of fold)", "", pivot(s["by_corpus_variant"], ["corpus", "variant"], "accuracy"), ""]
+    out += ["### ECE, speaker-grouped 5-fold CV (out of fold)", "", pivot(s["by_corpus_variant"], ["corpus", "variant"], "ece"), ""]
+    out += ["### Overall (all corpora and variants)", "", markdown_table(s["overall"]), ""]
+    out += ["### Accuracy / coverage of the ensemble as the confidence threshold moves", "", markdown_table(s["coverage"]), ""]
+    sp = [{"variant": r["variant"], "model": r["model"], "n": r["n_speakers"], "speaker_accuracy": r["speaker_accuracy"]}
+          for r in s["speakers"]]
+    out += ["### Speakers correct (files pooled per speaker)", "", pivot(sp, ["variant"], "speaker_accuracy"), ""]
+    if "heldout_corpus" in s:
+        out += ["### Held-out corpus: audio members trained on the other two corpora", "",
+                pivot(s["heldout_corpus"], ["heldout_corpus", "variant"], "accuracy"), ""]
+    return "\n".join(out)
+
+
 def bundle_check(metadata, data_root, bundle=None, limit=60, seed=0) -> list[dict]:
     """End-to-end through the public API on a stratified sample of files."""
     from grv_batch.features import AnalysisParams, iter_windows
@@ -91,6 +122,8 @@ def main(argv=None):
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("targets")
     t.add_argument("--report", required=True)
+    tb = sub.add_parser("tables")
+    tb.add_argument("--report", required=True)
     b = sub.add_parser("bundle")
     b.add_argument("--metadata", required=True)
     b.add_argument("--data-root", required=True)
@@ -99,6 +132,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.cmd == "targets":
         print(markdown_table(targets(a.report)))
+    elif a.cmd == "tables":
+        print(tables(a.report))
     else:
         rows = pd.DataFrame(bundle_check(a.metadata, a.data_root, a.bundle, a.limit))
         y = rows["gender"] == "male"

@@ -381,7 +381,7 @@ def evaluate_oof(F, members, threshold, *, has_original) -> dict:
                                              "n": m["n"], "accuracy": m["accuracy"], "ece": m["ece"]})
     for variant, g in F.groupby("variant", sort=True):
         yy = (g["gender"] == "male").to_numpy()
-        for r in coverage_curve(yy, g["p_ensemble"].to_numpy(), thresholds=(0.5, 0.7, 0.8, 0.9, threshold, 0.95)):
+        for r in coverage_curve(yy, g["p_ensemble"].to_numpy(), thresholds=tuple(sorted({0.5, 0.7, 0.8, 0.9, threshold, 0.95, 0.98}))):
             res["coverage"].append({"variant": variant, **r})
         for name, c in _pcols(members, has_original):
             res["speakers"].append({"variant": variant, "model": name,
