@@ -28,7 +28,11 @@ def speaker_weights(rows: pd.DataFrame) -> np.ndarray:
     return w / w.mean()
 
 
-def fit_voice_profile(rows: pd.DataFrame, y: np.ndarray, *, seed: int = 0, epochs: int = 80):
+#: voice_profile is a bag of this many MLPs (different seeds), averaged inside one Keras model
+VP_BAG = 3
+
+
+def fit_voice_profile(rows: pd.DataFrame, y: np.ndarray, *, seed: int = 0, epochs: int = 80, bag: int | None = None):
     import keras
 
     from grv_batch.training.architectures import voice_profile_model
@@ -44,13 +48,22 @@ def fit_voice_profile(rows: pd.DataFrame, y: np.ndarray, *, seed: int = 0, epoch
     from grv_batch.models.members import REGISTRY
 
     Z, keep = REGISTRY["voice_profile"].prepare(rows.reset_index(drop=True), None, config)
-    model = voice_profile_model(len(cols), seed=seed)
-    steps = int(np.ceil(len(keep) / 64)) * epochs
-    model.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(2e-3, steps, alpha=0.05)),
-                  loss=keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=0.05))
-    model.fit(Z, y[keep].astype(np.float32), sample_weight=speaker_weights(rows.iloc[keep]), batch_size=64,
-              epochs=epochs, verbose=0, shuffle=True)
-    return model, config
+    bag = VP_BAG if bag is None else bag
+    subs = []
+    for b in range(bag):
+        model = voice_profile_model(len(cols), seed=seed * 101 + b)
+        model.name = f"voice_profile_{b}"
+        steps = int(np.ceil(len(keep) / 64)) * epochs
+        model.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(2e-3, steps, alpha=0.05)),
+                      loss=keras.losses.BinaryCrossentropy(from_logits=True, label_smoothing=0.05))
+        model.fit(Z, y[keep].astype(np.float32), sample_weight=speaker_weights(rows.iloc[keep]), batch_size=64,
+                  epochs=epochs, verbose=0, shuffle=True)
+        subs.append(model)
+    if bag == 1:
+        return subs[0], config
+    inp = keras.Input((len(cols),), name="profile")
+    out = keras.layers.Average(name="bag_mean")([m(inp) for m in subs])
+    return keras.Model(inp, out, name="voice_profile"), config
 
 
 def _norm_logmels(logmels: list) -> list:

@@ -287,7 +287,7 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
             fr, frc = M.fit_frames(W.iloc[tr], [logmels[i] for i in tr], y[tr], seed=seed + k, epochs=ep["frames"])
             return M.predict_member("frames", fr, frc, W.iloc[te], [logmels[i] for i in te])
 
-        Zw["voice_profile"][te] = _memo(cache, f"oof-vp-{k}-{_sig(data_sig, ep['voice_profile'])}", _vp)
+        Zw["voice_profile"][te] = _memo(cache, f"oof-vp-{k}-{_sig(data_sig, ep['voice_profile'], M.VP_BAG)}", _vp)
         Zw["frames"][te] = _memo(cache, f"oof-fr-{k}-{_sig(data_sig, ep['frames'])}", _fr)
 
     # ---- file-level out-of-fold table ----
@@ -340,7 +340,7 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
 
     # ---- final members on every speaker ----
     _log("training final members on all speakers")
-    trained["voice_profile"] = _memo_model(cache, f"final-vp-{_sig(data_sig, ep['voice_profile'])}",
+    trained["voice_profile"] = _memo_model(cache, f"final-vp-{_sig(data_sig, ep['voice_profile'], M.VP_BAG)}",
                                            lambda: M.fit_voice_profile(W, y, seed=seed, epochs=ep["voice_profile"]))
     trained["frames"] = _memo_model(cache, f"final-fr-{_sig(data_sig, ep['frames'])}",
                                     lambda: M.fit_frames(W, logmels, y, seed=seed, epochs=ep["frames"]))
@@ -411,7 +411,7 @@ def heldout_corpus_eval(W, logmels, y, F, members, trained, member_cal, comb, ep
             fr, frc = M.fit_frames(W.iloc[tr], [logmels[i] for i in tr], y[tr], seed=seed, epochs=ep["frames"])
             return M.predict_member("frames", fr, frc, W.iloc[te], [logmels[i] for i in te])
 
-        Zte["voice_profile"] = _memo(cache, f"hoc-vp-{c}-{_sig(data_sig, ep['voice_profile'])}", _vp)
+        Zte["voice_profile"] = _memo(cache, f"hoc-vp-{c}-{_sig(data_sig, ep['voice_profile'], M.VP_BAG)}", _vp)
         Zte["frames"] = _memo(cache, f"hoc-fr-{c}-{_sig(data_sig, ep['frames'])}", _fr)
         Wte = W.iloc[te].reset_index(drop=True)
         G = None
