@@ -30,7 +30,7 @@ BATCHES_DIR = "_batches"
 FAULT_INJECTION_ENV = "GRV_BATCH_TEST_CRASH_ON"
 
 #: Windows buffered before one ensemble predict; bounds memory (a 30 s window's log-mel is ~0.8 MB).
-PREDICT_CHUNK_WINDOWS = 64
+PREDICT_CHUNK_WINDOWS = 32
 
 FILES_SCHEMA = pa.schema([
     ("file_id", pa.string()),

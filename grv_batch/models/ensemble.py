@@ -35,7 +35,7 @@ class ModelParams(Params):
     #: above it the file is uncertain (members_disagree). None -> the bundle's value, else 0.6
     disagreement: float | None = None
     #: batch size for Keras predict
-    batch_size: int = 256
+    batch_size: int = 32
 
 
 def _logit(p):
