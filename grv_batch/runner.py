@@ -337,10 +337,14 @@ def _execute(client, tasks: list[BatchTask], *, job, layout: OutputLayout,
         return []
     futures = {}
     key_prefix = f"grv-{job.fingerprint()}"
-    for task in tasks:
+    # Longest batches first: a long recording started last would leave the other workers idle
+    # at the end (the batch ids, and so resuming, do not depend on this order).
+    ordered = sorted(tasks, key=lambda t: -sum(f.estimated_s for f in t.files))
+    for priority, task in enumerate(ordered):
         future = client.submit(process_batch, task, job=job, layout=layout,
                                storage_options=options, key=f"{key_prefix}-{task.shard}",
-                               retries=job.execution.retries, pure=False)
+                               retries=job.execution.retries, pure=False,
+                               priority=len(ordered) - priority)
         futures[future] = task
     records: list[dict[str, Any]] = []
     split_parents: dict[str, list[str]] = {}
