@@ -61,6 +61,34 @@ def telephone_band(x, sr, rng=None, lo=300.0, hi=3400.0):
     return signal.sosfilt(sos, y), 8000
 
 
+# real narrowband telephone codecs that libsndfile writes in WAV, with their draw probabilities
+TELEPHONE_CODECS = (("GSM610", 0.35), ("G721_32", 0.2), ("ALAW", 0.15), ("ULAW", 0.1),
+                    ("NMS_ADPCM_24", 0.1), ("IMA_ADPCM", 0.1))
+
+
+def telephone_codec(x, sr, rng) -> io.BytesIO:
+    """Second telephone variant: random band edges (low 200-400 Hz, high 3000-3600 Hz, filter
+    order 4-8) at 8 kHz, light line noise (30-45 dB SNR), random level, 20 ms packet-loss dropouts
+    in 30% of clips, then a real codec round trip (GSM 6.10 full rate, G.721 / IMA / NMS ADPCM,
+    A-law, mu-law), delivered as 8 kHz 16-bit WAV."""
+    y = soxr.resample(x, sr, 8000) if sr != 8000 else x
+    lo, hi = rng.uniform(200, 400), rng.uniform(3000, 3600)
+    sos = signal.butter(int(rng.integers(2, 5)), [lo, hi], btype="bandpass", fs=8000, output="sos")
+    y = signal.sosfilt(sos, y)
+    y = add_noise(y, 8000, rng.uniform(30, 45), ["white", "pink", "hum"][rng.integers(3)], rng)
+    y = y * 10 ** (rng.uniform(-24, -1) / 20) / max(np.max(np.abs(y)), 1e-9)
+    if rng.random() < 0.3:                      # packet loss: 20 ms frames zeroed
+        frames = len(y) // 160
+        lost = rng.random(frames) < rng.uniform(0.01, 0.05)
+        for i in np.flatnonzero(lost):
+            y[i * 160:(i + 1) * 160] = 0.0
+    names, probs = zip(*TELEPHONE_CODECS)
+    codec = names[rng.choice(len(names), p=np.array(probs) / sum(probs))]
+    buf = _encode(y, 8000, "WAV", codec)
+    z, _ = sf.read(buf, dtype="float64")
+    return _encode(z, 8000, "WAV", "PCM_16")
+
+
 def speed(x, sr, factor):
     """Play ``factor`` times faster: pitch and tempo change together (resampling)."""
     return soxr.resample(x, sr * factor, sr)
@@ -112,4 +140,6 @@ def make_variant(x: np.ndarray, sr: int, variant: str, rng: np.random.Generator)
         if rng.random() < 0.5:
             y, sr = codec_roundtrip(y * 0.3 / max(np.max(np.abs(y)), 1e-9), sr, rng)
         return _encode(y * 10 ** (rng.uniform(-35, 0) / 20) / max(np.max(np.abs(y)), 1e-9), sr, "WAV", "PCM_16")
+    if variant == "telephone2":
+        return telephone_codec(x, sr, rng)
     raise ValueError(f"unknown variant {variant!r}")

@@ -43,6 +43,9 @@ def targets(report: str | Path) -> list[dict]:
     add("acted emotional speech (EmoDB, clean)", ((F["variant"] == "clean") & (F["corpus"] == "emodb")).to_numpy(), "")
     add("simulated in-the-wild (reverb+noise 0-23 dB+codec)", (F["variant"] == "wild").to_numpy(), ">= 0.90")
     add("narrowband telephone (8 kHz, 300-3400 Hz, mu-law)", (F["variant"] == "telephone").to_numpy(), ">= 0.97")
+    if (F["variant"] == "telephone2").any():
+        add("narrowband telephone, real codecs (GSM 6.10/ADPCM/A-law/mu-law, random band, dropouts)",
+            (F["variant"] == "telephone2").to_numpy(), "")
     add("perturbed (speed +-6%, gain, codec)", (F["variant"] == "perturb").to_numpy(), "")
     p = F["p_ensemble"].to_numpy()
     conf = np.maximum(p, 1 - p)
@@ -54,8 +57,10 @@ def targets(report: str | Path) -> list[dict]:
                      "coverage": float(c.sum() / m.sum()), "goal": ">= 0.985 at coverage >= 0.80"})
         rows.append({"target": f"ECE ({variant})", "model": "ensemble", "n": int(m.sum()),
                      "ece": binary_metrics(y[m], p[m])["ece"], "goal": "<= 0.05"})
-    for variant in ["clean", "telephone", "wild"]:
+    for variant in ["clean", "telephone", "telephone2", "wild"]:
         g = F[F["variant"] == variant]
+        if g.empty:
+            continue
         s = _speaker_accuracy(g, g["p_ensemble"].to_numpy(), thr)
         rows.append({"target": f"speakers correct ({variant})", "model": "ensemble", "n": s["n_speakers"],
                      "accuracy": s["speaker_accuracy"], "coverage": s["speaker_coverage"], "goal": ">= 0.97"})
