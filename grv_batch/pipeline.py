@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 
 from grv_batch import storage
@@ -216,8 +217,6 @@ def process_batch(task: BatchTask, *, job, layout: OutputLayout,
     def flush() -> None:
         if not pending:
             return
-        import pandas as pd
-
         frame = pd.DataFrame([{**w.features, "mel128": w.mel128} for _, w in pending])
         preds = ensemble.predict_windows(frame, [w.logmel for _, w in pending])
         for (result, window), (_, pred) in zip(pending, preds.iterrows(), strict=True):
@@ -276,8 +275,6 @@ def process_batch(task: BatchTask, *, job, layout: OutputLayout,
         if row.get("status") != "ok":
             continue
         feature_rows.append({"file_id": row["file_id"], **result.features})
-        import pandas as pd
-
         decision = ensemble.combine_file(
             pd.DataFrame(result.window_preds),
             speech_s=np.array([w.speech_s for w in result.windows]),
