@@ -126,6 +126,7 @@ def report(
 ) -> None:
     """(Re)build OUT/report/ from a finished run's tables, without touching audio."""
     from grv_batch import storage
+    from grv_batch.discovery import InputError
     from grv_batch.report import build_report
     from grv_batch.spec import JobError, JobSpec
 
@@ -141,7 +142,10 @@ def report(
             params = params.model_copy(update={"groups": list(group)})
     except (JobError, ValueError) as exc:
         _fail(str(exc))
-    folder = build_report(out, metadata=metadata, params=params, storage_options=options)
+    try:
+        folder = build_report(out, metadata=metadata, params=params, storage_options=options)
+    except InputError as exc:
+        _fail(str(exc))
     console.print(f"Report: {folder}/report.html")
 
 

@@ -11,7 +11,7 @@ import fnmatch
 import hashlib
 import posixpath
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -72,7 +72,6 @@ class Corpus:
     files: list[AudioFile]
     protocol: str
     unmatched: int = 0  # files under INPUT that matched no pattern
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def file_id_for(relative_path: str) -> str:
@@ -148,11 +147,14 @@ def load_metadata(url: str, *, input_url: str | None = None,
     """
     try:
         fs, path = storage.filesystem(url, storage_options)
-        with fs.open(path, "rb") as handle:
-            if path.lower().endswith((".parquet", ".pq")):
-                frame = pd.read_parquet(handle)
-            else:
-                frame = pd.read_csv(handle, dtype={"path": str, "speaker_id": str, "gender": str})
+        if fs.isdir(path):  # a Parquet dataset (a folder of shards)
+            frame = pd.read_parquet(path, filesystem=fs)
+        else:
+            with fs.open(path, "rb") as handle:
+                if path.lower().endswith((".parquet", ".pq")):
+                    frame = pd.read_parquet(handle)
+                else:
+                    frame = pd.read_csv(handle, dtype={"path": str, "speaker_id": str, "gender": str})
     except FileNotFoundError as exc:
         raise InputError(f"metadata {url} does not exist") from exc
     except Exception as exc:  # noqa: BLE001 - any parser failure is the same problem to the user

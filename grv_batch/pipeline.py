@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from grv_batch import storage
 from grv_batch.discovery import AudioFile
+from grv_batch.speakers import speaker_from_path
 
 #: Tables written per batch, in the order they are written; the completion record comes after.
 SHARD_TABLES = ("files", "features", "predictions")
@@ -172,14 +173,6 @@ def _prepare_worker() -> None:
             pass
 
 
-def derive_speaker(path: str, pattern: str | None) -> str | None:
-    """Speaker id from a path with the job's regex (named group ``speaker``), or None."""
-    if not pattern:
-        return None
-    match = re.search(pattern, path)
-    return match.group("speaker") if match and match.groupdict().get("speaker") else None
-
-
 def process_batch(task: BatchTask, *, job, layout: OutputLayout,
                   storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Analyse, predict and write one batch; return its completion record.
@@ -281,7 +274,7 @@ def process_batch(task: BatchTask, *, job, layout: OutputLayout,
             params=job.model,
         )
         meta = dict(meta or {})
-        speaker = meta.pop("speaker_id", None) or derive_speaker(row["path"], job.speakers.from_path)
+        speaker = meta.pop("speaker_id", None) or speaker_from_path(row["path"], job.speakers.from_path)
         prediction_rows.append({
             **meta,
             "file_id": row["file_id"], "path": row["path"], "speaker_id": speaker,

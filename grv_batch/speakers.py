@@ -52,6 +52,14 @@ class SpeakerParams(Params):
         return v
 
 
+def speaker_from_path(path: str | None, pattern: str | None) -> str | None:
+    """Speaker of one file from its path with the job's regex (named group ``speaker``), or None."""
+    if not pattern or path is None:
+        return None
+    match = re.search(pattern, str(path))
+    return match.group("speaker") if match and match.group("speaker") else None
+
+
 def speaker_ids(predictions: pd.DataFrame, params: SpeakerParams) -> pd.Series:
     """The speaker of each row: metadata ``speaker_id`` where given, else derived from ``path``."""
     n = len(predictions)
@@ -60,16 +68,11 @@ def speaker_ids(predictions: pd.DataFrame, params: SpeakerParams) -> pd.Series:
     else:
         sid = pd.Series([None] * n, index=predictions.index, dtype="object")
     if params.from_path and "path" in predictions.columns:
-        rx = re.compile(params.from_path)
-
-        def derive(path):
-            m = rx.search(str(path)) if path is not None else None
-            return m.group("speaker") if m and m.group("speaker") else None
-
         missing = sid.isna()
         if missing.any():
             sid = sid.copy()
-            sid[missing] = predictions.loc[missing, "path"].map(derive)
+            sid[missing] = predictions.loc[missing, "path"].map(
+                lambda path: speaker_from_path(path, params.from_path))
     return sid.map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
 
 

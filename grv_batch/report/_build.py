@@ -8,10 +8,12 @@ import re
 import numpy as np
 import pandas as pd
 
+from grv_batch.discovery import load_metadata
+
 from . import _html as H
 from . import _plots as P
 from ._config import ReportParams
-from ._io import join_url, parquet_bytes, read_metadata, read_table, rejoin_metadata, write_bytes
+from ._io import join_url, parquet_bytes, read_table, rejoin_metadata, write_bytes
 from ._metrics import BANDS, _ground_truth, build_groupings, evaluate, gaps_from_results
 
 FEATURE_COLUMNS = [b[1] for b in BANDS]
@@ -60,7 +62,7 @@ def build_report(
     files = read_table(out, "files", storage_options)
     speakers = read_table(out, "speakers", storage_options)
     if metadata is not None:
-        predictions = rejoin_metadata(predictions, read_metadata(metadata, storage_options))
+        predictions = rejoin_metadata(predictions, load_metadata(metadata, storage_options=storage_options))
     if files is not None and "duration_s" in files.columns and "duration_s" not in predictions.columns:
         dur = files.drop_duplicates("file_id").set_index("file_id")["duration_s"]
         predictions = predictions.assign(duration_s=predictions["file_id"].map(dur))

@@ -61,22 +61,6 @@ def read_dataset(
     return table.to_pandas()
 
 
-def read_metadata(url: str, storage_options: dict | None = None) -> pd.DataFrame:
-    """A metadata CSV or Parquet file (or Parquet dataset) with a ``path`` column."""
-    fs, path = _fs(url, storage_options)
-    if fs.isdir(path) or path.lower().endswith((".parquet", ".pq")):
-        meta = read_dataset(url, storage_options)
-    else:
-        with fs.open(path, "rb") as fh:
-            meta = pd.read_csv(fh)
-    if meta is None or "path" not in meta.columns:
-        raise ValueError(f"metadata {url} has no 'path' column")
-    dup = meta["path"].duplicated()
-    if dup.any():
-        raise ValueError(f"metadata {url} lists {int(dup.sum())} path(s) more than once, e.g. {meta['path'][dup].iloc[0]!r}")
-    return meta
-
-
 def rejoin_metadata(predictions: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
     """Replace the carried metadata columns of ``predictions`` by those of ``meta`` (joined on path)."""
     replaced = [c for c in meta.columns if c != "path" and c in predictions.columns]
