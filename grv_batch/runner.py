@@ -29,6 +29,7 @@ from grv_batch.pipeline import (BATCHES_DIR, SHARD_TABLES, BatchTask, OutputLayo
 JOB_FILE = "_job.json"
 MIN_TASKS = 32  # split a corpus into at least this many tasks when batches allow
 MIN_BATCH_AUDIO_S = 10.0
+SINGLE_FILE_ATTEMPTS = 2  # one-file tasks whose worker died, before the file is declared dead
 RUN_FILE = "_run.json"
 
 
@@ -348,6 +349,7 @@ def _execute(client, tasks: list[BatchTask], *, job, layout: OutputLayout,
         futures[future] = task
     records: list[dict[str, Any]] = []
     split_parents: dict[str, list[str]] = {}
+    attempts: dict[str, int] = {}
     bar = _progress(console, total=len(tasks), enabled=progress)
     with bar as prog:
         task_id = prog.add_task("batches", total=len(tasks)) if prog else None
@@ -372,6 +374,16 @@ def _execute(client, tasks: list[BatchTask], *, job, layout: OutputLayout,
                     if console:
                         console.print(f"[yellow]Workers died running batch {task.batch_id}; "
                                       f"retrying its {len(task.files)} files one by one[/yellow]")
+                    continue
+                attempts[task.shard] = attempts.get(task.shard, 0) + 1
+                if attempts[task.shard] < SINGLE_FILE_ATTEMPTS:
+                    # A file queued on a worker that another file killed is blamed as well; only
+                    # a file that kills its worker again, on its own, is declared dead.
+                    new = client.submit(process_batch, task, job=job, layout=layout,
+                                        storage_options=options, retries=0, pure=False,
+                                        key=f"{key_prefix}-{task.shard}-{attempts[task.shard]}")
+                    futures[new] = task
+                    completed.add(new)
                     continue
                 record = error_batch_record(
                     task, layout=layout, storage_options=options,
