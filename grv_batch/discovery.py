@@ -148,7 +148,10 @@ def load_metadata(url: str, *, input_url: str | None = None,
     try:
         fs, path = storage.filesystem(url, storage_options)
         if fs.isdir(path):  # a Parquet dataset (a folder of shards)
-            frame = pd.read_parquet(path, filesystem=fs)
+            table = storage.read_parquet(fs, path)
+            if table is None:
+                raise FileNotFoundError(f"no Parquet files in {url}")
+            frame = table.to_pandas()
         else:
             with fs.open(path, "rb") as handle:
                 if path.lower().endswith((".parquet", ".pq")):

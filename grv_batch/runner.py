@@ -444,13 +444,11 @@ def _progress(console, *, total: int, enabled: bool):
 
 
 def read_table(fs, out: str, name: str, columns: list[str] | None = None) -> pa.Table:
-    """Read one output table (a folder of Parquet shards) as a single Arrow table."""
-    import pyarrow.dataset as ds
-
-    folder = storage.join(out, name)
-    if not storage.list_names(fs, folder):
+    """Read one output table (a folder of Parquet shards) as a single Arrow table (empty if none)."""
+    table = storage.read_parquet(fs, storage.join(out, name), columns)
+    if table is None:
         return pa.table({c: pa.array([], pa.string()) for c in (columns or [])})
-    return ds.dataset(folder, filesystem=fs, format="parquet").to_table(columns=columns)
+    return table
 
 
 def _account(fs, out: str, corpus: Corpus) -> dict[str, Any]:

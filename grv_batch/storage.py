@@ -157,6 +157,32 @@ def list_names(fs, folder: str) -> list[str]:
     return sorted(posixpath.basename(p.rstrip("/")) for p in fs.ls(folder, detail=False))
 
 
+def read_parquet(fs, path: str, columns: list[str] | None = None) -> pa.Table | None:
+    """A Parquet file or a folder of Parquet shards as one Arrow table; ``None`` when absent or empty.
+
+    Shards are read one by one and concatenated with schema promotion, so a metadata column that is
+    all-null (typed ``null``) in one shard and typed in another is not an error. ``columns``: read
+    only those of them that exist. Hidden and ``_``-prefixed names (temporary files, completion
+    records) are skipped.
+    """
+    if not exists(fs, path):
+        return None
+    if fs.isfile(path):
+        files = [path]
+    else:
+        files = sorted(p for p in fs.find(path) if p.endswith(".parquet")
+                       and not posixpath.basename(p).startswith((".", "_")))
+    tables = []
+    for name in files:
+        with fs.open(name, "rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            wanted = None if columns is None else [c for c in columns if c in parquet.schema_arrow.names]
+            tables.append(parquet.read(columns=wanted))
+    if not tables:
+        return None
+    return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+
+
 def _is_local(fs) -> bool:
     protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     return "file" in protocol or "local" in protocol

@@ -110,6 +110,8 @@ def make_mixed_corpus(root: Path, *, n_voices: int = 8, broken: bool = True,
         good = root / rows[0]["path"]
         blob = good.read_bytes()
         (bad / "truncated.flac").write_bytes(blob[: len(blob) // 3])
+        wav = (root / rows[1]["path"]).read_bytes()
+        (bad / "truncated.wav").write_bytes(wav[: len(wav) // 2])
         sf.write(bad / "header_only.wav", np.zeros((0,), np.float32), 16000)
         sf.write(bad / "silence.wav", np.zeros(3 * 16000, np.float32), 16000)
         click = np.zeros(int(0.01 * 16000), np.float32)
@@ -118,7 +120,7 @@ def make_mixed_corpus(root: Path, *, n_voices: int = 8, broken: bool = True,
         nan = _voice(*FEMALE, 16000, 1.0, rng)
         nan[100:200] = np.nan
         sf.write(bad / "nan.wav", nan, 16000, subtype="FLOAT")
-        for name in ("empty.wav", "text.wav", "truncated.flac", "header_only.wav", "silence.wav",
+        for name in ("empty.wav", "text.wav", "truncated.flac", "truncated.wav", "header_only.wav", "silence.wav",
                      "click.wav", "nan.wav"):
             rows.append({"path": f"broken/{name}", "speaker_id": None, "gender": None,
                          "condition": "broken"})

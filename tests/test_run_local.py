@@ -21,6 +21,7 @@ BROKEN_REASONS = {
     "broken/text.wav": "not a readable audio file",
     "broken/header_only.wav": "no audio",
     "broken/nan.wav": "non-finite",
+    "broken/truncated.wav": "truncated",
 }
 
 

@@ -132,6 +132,31 @@ def test_truncated_flac(tmp_path: Path) -> None:
         list(iter_blocks(path, DecodeParams(block_s=1.0)))
 
 
+@pytest.mark.parametrize("fmt", ["WAV", "AIFF", "WAVEX"])
+def test_truncated_pcm_container(tmp_path: Path, fmt: str) -> None:
+    # libsndfile reads these silently up to the cut; only its header log shows the mismatch
+    path = tmp_path / f"cut.{fmt.lower()}"
+    sf.write(path, noise(4.0, amp=0.3), SR, format=fmt, subtype="PCM_16")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DecodeError, match="truncated or corrupt audio: the header declares"):
+        probe(path)
+    with pytest.raises(DecodeError, match="truncated or corrupt audio"):
+        list(iter_blocks(path))
+
+
+def test_streamed_wav_with_placeholder_size_is_read(tmp_path: Path) -> None:
+    # a recorder that never finalised its header leaves 0xFFFFFFFF: all samples are still there
+    path = tmp_path / "stream.wav"
+    x = noise(2.0, amp=0.3)
+    sf.write(path, x, SR, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    at = data.find(b"data")
+    data[at + 4 : at + 8] = b"\xff\xff\xff\xff"
+    path.write_bytes(bytes(data))
+    assert sum(b.size for b in iter_blocks(path)) == x.size
+
+
 def test_nan_float_wav(tmp_path: Path) -> None:
     x = tone(200, 1.0)
     x[SR // 2] = np.nan

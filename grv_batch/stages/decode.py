@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +29,11 @@ __all__ = ["AudioInfo", "DecodeError", "DecodeParams", "iter_blocks", "probe"]
 # Formats whose frame count libsndfile derives from a bitrate estimate (VBR MP3) rather than a header
 # field; for these a short read is not evidence of truncation.
 _INEXACT_FRAME_FORMATS = {"MP3", "OGG"}
+
+# libsndfile's header log for a RIFF/AIFF file cut short: "data : 64000 (should be 31978)".
+_CHUNK_SIZE_LOG = re.compile(r"^\s*(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+# Size fields that writers of unfinished streams leave as placeholders: not evidence of a cut.
+_PLACEHOLDER_SIZES = {0, 0xFFFFFFFF, 0x7FFFFFFF}
 
 
 class DecodeParams(Params):
@@ -108,9 +114,28 @@ def _open(source: Source) -> Iterator[sf.SoundFile]:
     try:
         if f.samplerate <= 0 or f.channels <= 0:
             raise DecodeError("not a readable audio file: invalid sample rate or channel count")
+        _check_not_cut(f)
         yield f
     finally:
         f.close()
+
+
+def _check_not_cut(f: sf.SoundFile) -> None:
+    """Reject a WAV/AIFF whose data chunk is shorter than its header says.
+
+    libsndfile reads such a file silently up to the cut and reports the shortened length as the
+    file's length, so the only trace is in its header log.
+    """
+    match = _CHUNK_SIZE_LOG.search(f.extra_info or "")
+    if not match:
+        return
+    declared, present = int(match.group(1)), int(match.group(2))
+    if declared in _PLACEHOLDER_SIZES or declared <= present:
+        return
+    raise DecodeError(
+        f"truncated or corrupt audio: the header declares {declared} bytes of samples, "
+        f"the file holds {present}"
+    )
 
 
 def _info(f: sf.SoundFile) -> AudioInfo:

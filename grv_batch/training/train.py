@@ -159,14 +159,19 @@ def _platt_finite(z, y) -> dict:
     return cal.fit_platt(z[ok], y[ok])
 
 
-def _stack_crossfit(F: pd.DataFrame, members: list[str], fold_of: np.ndarray, seed: int):
-    """Cross-fitted member calibration + combiner + final calibration: OOF ensemble logits."""
+def _stack_crossfit(F: pd.DataFrame, members: list[str], fold_of: np.ndarray, seed: int,
+                    fit: np.ndarray | None = None):
+    """Cross-fitted member calibration + combiner + final calibration: OOF ensemble logits.
+
+    Fitted on the other folds' rows where ``fit`` is true (default all), applied to every row.
+    """
     y = (F["gender"] == "male").to_numpy()
     Z = F[[f"z_{m}" for m in members]].to_numpy()
+    fit = np.ones(len(F), bool) if fit is None else fit
     out = np.full(len(F), np.nan)
     Zcal_all = np.full_like(Z, np.nan)
     for k in np.unique(fold_of):
-        tr, te = fold_of != k, fold_of == k
+        tr, te = (fold_of != k) & fit, fold_of == k
         cals = [_platt_finite(Z[tr, j], y[tr]) for j in range(len(members))]
         Zc_tr = np.column_stack([cal.apply(c, Z[tr, j]) for j, c in enumerate(cals)])
         Zc_te = np.column_stack([cal.apply(c, Z[te, j]) for j, c in enumerate(cals)])
@@ -213,13 +218,15 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
                  cache: str | os.PathLike | None = None, variants=VARIANTS, seed_model=None,
                  cv_mel_model: str | None = None, heldout_corpus: bool = True, workers: int = 2,
                  epochs: dict | None = None, name: str = "grv-batch", version: str | None = None,
-                 report: str | os.PathLike | None = None) -> dict:
+                 report: str | os.PathLike | None = None, eval_variants=()) -> dict:
     """Train, evaluate and write a model bundle to ``out``; returns the evaluation summary.
 
     ``metadata``: CSV/Parquet path or DataFrame with ``path`` (relative to ``data_root``),
     ``speaker_id``, ``gender`` and optionally ``corpus``. ``commonvoice``: the Common Voice mel128
     parquet for the ``cv_mel`` member (or ``cv_mel_model``: an already trained ``.keras`` file);
-    without either the bundle has the audio members only.
+    without either the bundle has the audio members only. ``eval_variants``: augmentation variants
+    that are only *tested* (held-out speakers' audio in a condition no member, calibration or
+    combiner was fitted on), to measure robustness to an unseen channel.
     """
     import keras
 
@@ -238,12 +245,14 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
         meta["corpus"] = "all"
     meta["speaker_id"] = meta["speaker_id"].astype(str)
     cache = Path(cache or Path(tempfile.gettempdir()) / "grv-batch-features")
-    _log(f"extracting features for {len(meta)} clips x {list(variants)} (cache {cache})")
-    errors = extract(meta, data_root, cache, variants, seed=seed, workers=workers)
+    variants, eval_variants = tuple(variants), tuple(v for v in eval_variants if v not in variants)
+    _log(f"extracting features for {len(meta)} clips x {list(variants + eval_variants)} (cache {cache})")
+    errors = extract(meta, data_root, cache, variants + eval_variants, seed=seed, workers=workers)
     for e in errors:
         _log(f"skipped: {e}")
-    W, logmels = load_all(meta, cache, variants, seed)
+    W, logmels = load_all(meta, cache, variants + eval_variants, seed)
     y = (W["gender"] == "male").to_numpy()
+    fit_rows = W["variant"].isin(variants).to_numpy()  # eval-only variants are never fitted on
     _log(f"{len(W)} windows from {W['path'].nunique()} clips, {W['speaker_id'].nunique()} speakers")
 
     # ---- cv_mel (Common Voice only) ----
@@ -274,8 +283,9 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
         members.append(m)
         Zw[m] = np.full(len(W), np.nan)
     data_sig = _sig(sorted(meta["path"]), sorted(meta["speaker_id"]), list(variants), folds, seed, M.VERSION)
+    oof_sig = _sig(data_sig, list(eval_variants)) if eval_variants else data_sig
     for k in range(folds):
-        tr, te = np.nonzero(fold != k)[0], np.nonzero(fold == k)[0]
+        tr, te = np.nonzero((fold != k) & fit_rows)[0], np.nonzero(fold == k)[0]
         assert not set(W["speaker_id"].iloc[tr]) & set(W["speaker_id"].iloc[te])
         _log(f"fold {k + 1}/{folds}: {len(tr)} train windows, {len(te)} test windows")
 
@@ -287,8 +297,8 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
             fr, frc = M.fit_frames(W.iloc[tr], [logmels[i] for i in tr], y[tr], seed=seed + k, epochs=ep["frames"])
             return M.predict_member("frames", fr, frc, W.iloc[te], [logmels[i] for i in te])
 
-        Zw["voice_profile"][te] = _memo(cache, f"oof-vp-{k}-{_sig(data_sig, ep['voice_profile'], M.VP_BAG)}", _vp)
-        Zw["frames"][te] = _memo(cache, f"oof-fr-{k}-{_sig(data_sig, ep['frames'])}", _fr)
+        Zw["voice_profile"][te] = _memo(cache, f"oof-vp-{k}-{_sig(oof_sig, ep['voice_profile'], M.VP_BAG)}", _vp)
+        Zw["frames"][te] = _memo(cache, f"oof-fr-{k}-{_sig(oof_sig, ep['frames'])}", _fr)
 
     # ---- file-level out-of-fold table ----
     F = None
@@ -303,17 +313,18 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
         F["p_original"] = cal.sigmoid(file_level(W, cal.logit(ps))["z"].to_numpy())
     yF = (F["gender"] == "male").to_numpy()
     fF = F["speaker_id"].map(fold_map).to_numpy()
-    z_ens, Zcal = _stack_crossfit(F, members, fF, seed)
+    fitF = F["variant"].isin(variants).to_numpy()
+    z_ens, Zcal = _stack_crossfit(F, members, fF, seed, fit=fitF)
     F["p_ensemble"] = cal.sigmoid(z_ens)
     for j, m in enumerate(members):
         F[f"p_{m}"] = cal.sigmoid(np.nan_to_num(Zcal[:, j], nan=0.0))   # no output counts as 0.5
 
     # ---- final stacking fitted on all OOF ----
     Z = F[[f"z_{m}" for m in members]].to_numpy()
-    member_cal = {m: _platt_finite(Z[:, j], yF) for j, m in enumerate(members)}
+    member_cal = {m: _platt_finite(Z[fitF, j], yF[fitF]) for j, m in enumerate(members)}
     Zc = np.column_stack([cal.apply(member_cal[m], Z[:, j]) for j, m in enumerate(members)])
-    comb = _fit_combiner(Zc, yF, members)
-    ok = np.isfinite(Zc).all(axis=1)
+    comb = _fit_combiner(Zc[fitF], yF[fitF], members)
+    ok = np.isfinite(Zc).all(axis=1) & fitF
     final_cal, cal_scores = _choose_final_calibration(_apply_combiner(comb, Zc[ok], members), yF[ok],
                                                       F["speaker_id"].to_numpy()[ok], seed)
     summary_missing = {m: int((~np.isfinite(Z[:, j])).sum()) for j, m in enumerate(members)}
@@ -325,7 +336,8 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
     threshold = _choose_threshold(yF[clean], F["p_ensemble"].to_numpy()[clean], target=0.9875)
 
     # ---- metrics ----
-    summary = evaluate_oof(F, members, threshold, has_original=bool(seed_model))
+    summary = evaluate_oof(F, members, threshold, has_original=bool(seed_model), fit_variants=variants)
+    summary["eval_variants"] = list(eval_variants)
     summary["calibration_choice_logloss"] = cal_scores
     summary["combiner"] = comb
     summary["member_calibration"] = member_cal
@@ -336,14 +348,16 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
     if heldout_corpus and meta["corpus"].nunique() > 1:
         summary["heldout_corpus"] = heldout_corpus_eval(W, logmels, y, F, members, trained, member_cal, comb,
                                                         ep, seed, has_original=bool(seed_model),
-                                                        cache=cache, data_sig=data_sig)
+                                                        cache=cache, data_sig=oof_sig, fit_rows=fit_rows)
 
     # ---- final members on every speaker ----
     _log("training final members on all speakers")
+    Wfit, yfit = W[fit_rows].reset_index(drop=True), y[fit_rows]
+    lmfit = [lm for lm, keep in zip(logmels, fit_rows) if keep]
     trained["voice_profile"] = _memo_model(cache, f"final-vp-{_sig(data_sig, ep['voice_profile'], M.VP_BAG)}",
-                                           lambda: M.fit_voice_profile(W, y, seed=seed, epochs=ep["voice_profile"]))
+                                           lambda: M.fit_voice_profile(Wfit, yfit, seed=seed, epochs=ep["voice_profile"]))
     trained["frames"] = _memo_model(cache, f"final-fr-{_sig(data_sig, ep['frames'])}",
-                                    lambda: M.fit_frames(W, logmels, y, seed=seed, epochs=ep["frames"]))
+                                    lambda: M.fit_frames(Wfit, lmfit, yfit, seed=seed, epochs=ep["frames"]))
 
     version = version or _dt.datetime.now(_dt.timezone.utc).strftime("%Y.%m.%d")
     card = model_card(meta, variants, members, summary, folds, seed)
@@ -368,11 +382,13 @@ def _pcols(members, has_original):
     return cols
 
 
-def evaluate_oof(F, members, threshold, *, has_original) -> dict:
-    y = (F["gender"] == "male").to_numpy()
+def evaluate_oof(F, members, threshold, *, has_original, fit_variants=None) -> dict:
+    """Tables of out-of-fold metrics; ``overall`` pools the ``fit_variants`` (default: all)."""
     res = {"by_corpus_variant": [], "coverage": [], "speakers": [], "overall": []}
+    pooled = F if fit_variants is None else F[F["variant"].isin(fit_variants)]
+    y = (pooled["gender"] == "male").to_numpy()
     for name, c in _pcols(members, has_original):
-        res["overall"].append({"model": name, **binary_metrics(y, F[c].to_numpy())})
+        res["overall"].append({"model": name, **binary_metrics(y, pooled[c].to_numpy())})
     for (corpus, variant), g in F.groupby(["corpus", "variant"], sort=True):
         yy = (g["gender"] == "male").to_numpy()
         for name, c in _pcols(members, has_original):
@@ -390,13 +406,15 @@ def evaluate_oof(F, members, threshold, *, has_original) -> dict:
 
 
 def heldout_corpus_eval(W, logmels, y, F, members, trained, member_cal, comb, ep, seed, *, has_original,
-                        cache, data_sig):
+                        cache, data_sig, fit_rows=None):
     """Train the audio members on two corpora, test on the third (calibration/combiner from k-fold OOF)."""
     from grv_batch.training import members as M
 
+    fit_rows = np.ones(len(W), bool) if fit_rows is None else fit_rows
     rows = []
     for c in sorted(W["corpus"].unique()):
-        tr, te = np.nonzero(W["corpus"].to_numpy() != c)[0], np.nonzero(W["corpus"].to_numpy() == c)[0]
+        corpus = W["corpus"].to_numpy()
+        tr, te = np.nonzero((corpus != c) & fit_rows)[0], np.nonzero(corpus == c)[0]
         _log(f"held-out corpus {c}: train {len(tr)} windows, test {len(te)}")
         Zte = {}
         if "cv_mel" in members:
@@ -494,6 +512,8 @@ def main(argv=None):
     ap.add_argument("--cache")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--eval-variants", default="",
+                    help="variants only tested, never trained on (robustness to an unseen channel)")
     ap.add_argument("--no-heldout-corpus", action="store_true")
     ap.add_argument("--epochs", default="", help="e.g. frames=20,voice_profile=60")
     ap.add_argument("--report", help="folder for out-of-fold predictions and the summary JSON")
@@ -503,7 +523,8 @@ def main(argv=None):
     train_bundle(metadata=a.metadata, data_root=a.data_root, out=a.out, commonvoice=a.commonvoice,
                  folds=a.folds, seed=a.seed, cache=a.cache, variants=tuple(a.variants.split(",")),
                  seed_model=a.seed_model, cv_mel_model=a.cv_mel_model, heldout_corpus=not a.no_heldout_corpus,
-                 workers=a.workers, epochs=epochs, version=a.version, report=a.report)
+                 workers=a.workers, epochs=epochs, version=a.version, report=a.report,
+                 eval_variants=tuple(v for v in a.eval_variants.split(",") if v))
 
 
 if __name__ == "__main__":
