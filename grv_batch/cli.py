@@ -97,24 +97,50 @@ def train(
     data_root: Annotated[Path, typer.Option("--data-root", help="Folder the manifest paths are relative to.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the model bundle.")],
     commonvoice: Annotated[Optional[Path], typer.Option("--commonvoice", help="Common Voice mel128 features.parquet (default: beside the manifest).")] = None,
+    cv_mel_model: Annotated[Optional[Path], typer.Option("--cv-mel-model", help="An already trained cv_mel .keras instead of training it on Common Voice.")] = None,
+    seed_model: Annotated[Optional[Path], typer.Option("--seed-model", help="The original network's weights, evaluated side by side.")] = None,
     folds: Annotated[int, typer.Option("--folds", min=2, help="Speaker-grouped cross-validation folds.")] = 5,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    variants: Annotated[str, typer.Option("--variants", help="Augmentation variants trained and tested on, comma-separated.")] = "clean,telephone,wild,perturb",
+    eval_variants: Annotated[str, typer.Option("--eval-variants", help="Variants only tested on held-out speakers, never trained on.")] = "",
+    heldout_corpus: Annotated[bool, typer.Option("--heldout-corpus/--no-heldout-corpus", help="Also train on all corpora but one and test on that one.")] = True,
+    epochs: Annotated[str, typer.Option("--epochs", help="Per-member epochs, e.g. frames=20,voice_profile=80.")] = "",
+    cache: Annotated[Optional[Path], typer.Option("--cache", help="Feature and out-of-fold cache (reruns are cheap).")] = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Folder for out-of-fold predictions and summary.json.")] = None,
+    version: Annotated[Optional[str], typer.Option("--version", help="Bundle version (default: today's date).")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Processes for feature extraction.")] = 2,
 ) -> None:
     """Train the ensemble with speaker-grouped cross-validation and write a model bundle."""
     _quiet_libraries()
-    from grv_batch.training import train_bundle
+    from grv_batch.training import VARIANT_NAMES, train_bundle
 
     if not metadata.exists():
         _fail(f"metadata {metadata} does not exist")
     if not data_root.is_dir():
         _fail(f"data root {data_root} is not a folder")
-    if commonvoice is None:
+    names = {"variants": _csv(variants), "eval-variants": _csv(eval_variants)}
+    for option, values in names.items():
+        unknown = [v for v in values if v not in VARIANT_NAMES]
+        if unknown:
+            _fail(f"--{option}: unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANT_NAMES)}")
+    try:
+        per_member = {k.strip(): int(v) for k, v in (kv.split("=") for kv in _csv(epochs))}
+    except ValueError:
+        _fail(f"--epochs must look like frames=20,voice_profile=80, got {epochs!r}")
+    if commonvoice is None and cv_mel_model is None:
         guess = metadata.parent / "commonvoice-mel128" / "features.parquet"
         commonvoice = guess if guess.exists() else None
     train_bundle(metadata=metadata, data_root=data_root, out=out, commonvoice=commonvoice,
-                 folds=folds, seed=seed)
+                 cv_mel_model=cv_mel_model, seed_model=seed_model, folds=folds, seed=seed,
+                 variants=tuple(names["variants"]), eval_variants=tuple(names["eval-variants"]),
+                 heldout_corpus=heldout_corpus, epochs=per_member, cache=cache, report=report,
+                 version=version, workers=workers)
     console.print(f"Model bundle written to {out} (model card: {out / 'model_card.md'}); "
                   f"use it with [model] bundle = \"{out}\" in a job file")
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 @app.command()

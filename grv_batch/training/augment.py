@@ -15,6 +15,8 @@ import soxr
 from scipy import signal
 
 VARIANTS = ("clean", "telephone", "wild", "perturb")
+#: Every variant :func:`make_variant` knows (``telephone2``: real narrowband codecs, opt-in).
+VARIANT_NAMES = (*VARIANTS, "telephone2")
 
 
 def _rms(x):

@@ -142,7 +142,10 @@ def _choose_final_calibration(z: np.ndarray, y: np.ndarray, groups: np.ndarray, 
     from sklearn.model_selection import GroupKFold
 
     scores = {"identity": [], "platt": [], "isotonic": []}
-    for tr, te in GroupKFold(5).split(z, y, groups):
+    n_splits = min(5, len(np.unique(groups)))
+    if n_splits < 2:  # one speaker: nothing to cross-validate a choice on
+        return {"type": "identity"}, {}
+    for tr, te in GroupKFold(n_splits).split(z, y, groups):
         for kind in scores:
             c = {"type": "identity"} if kind == "identity" else (
                 cal.fit_platt(z[tr], y[tr]) if kind == "platt" else cal.fit_isotonic(z[tr], y[tr]))
