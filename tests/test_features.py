@@ -247,3 +247,25 @@ def test_tiny_windows_do_not_fail(n: int, sr: int) -> None:
     w = analyze_window(noise(n / sr, sr=sr, amp=0.1), sr)
     assert w.duration_s == pytest.approx(n / sr)
     assert w.logmel.shape[0] == 64 and w.mel128_frames >= 1 and np.isfinite(w.mel128).all()
+
+
+@pytest.mark.parametrize("n", [100, 511, 512, 16000, 16161])
+@pytest.mark.parametrize(("n_fft", "hop"), [(512, 160), (2048, 512)])
+def test_stft_power_equals_librosa(n: int, n_fft: int, hop: int) -> None:
+    from grv_batch.features.spectral import stft_power
+
+    y = noise(n / 16000, amp=0.3, seed=n)[:n]
+    padded = np.pad(y, (0, max(n_fft - n, 0)))  # librosa warns below one frame; zeros change nothing
+    expected = np.abs(librosa.stft(padded, n_fft=n_fft, hop_length=hop, pad_mode="constant")) ** 2
+    got = stft_power(y, n_fft, hop)
+    assert got.shape == (n_fft // 2 + 1, 1 + n // hop) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected[:, : got.shape[1]], rtol=2e-4, atol=1e-6 * expected.max())
+
+
+@pytest.mark.parametrize(("n", "width"), [(3, 3), (9, 3), (9, 9), (10, 5), (10, 9), (301, 3), (301, 9)])
+def test_delta_equals_librosa(n: int, width: int) -> None:
+    from grv_batch.features.mfcc import _delta
+
+    x = np.random.default_rng(n).standard_normal((20, n)).astype(np.float32) * 30
+    expected = librosa.feature.delta(x, width=width, axis=-1, mode="interp")
+    np.testing.assert_allclose(_delta(x, width), expected, rtol=0, atol=1e-5 * np.abs(expected).max())

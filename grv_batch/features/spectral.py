@@ -17,6 +17,47 @@ SPECTRAL_COLUMNS: tuple[str, ...] = (
 )
 
 
+@lru_cache(maxsize=8)
+def _hann_periodic(n_fft: int) -> np.ndarray:
+    """librosa's default STFT window (``scipy.signal.get_window("hann", n_fft)``), float32."""
+    import scipy.signal
+
+    window = scipy.signal.get_window("hann", n_fft).astype(np.float32)
+    window.setflags(write=False)
+    return window
+
+
+def stft_power(y: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
+    """``np.abs(librosa.stft(y, n_fft, hop_length, center=True, pad_mode="constant")) ** 2``.
+
+    The same frames, window and transform, without librosa's per-call overheads and in float32
+    throughout (librosa multiplies by a float64 window, then stores complex64): the values agree
+    to float32 rounding (~1e-6 relative), at a little over half the cost.
+
+    Parameters
+    ----------
+    y : np.ndarray
+        Shape ``(n,)``; any length (shorter than ``n_fft`` is zero-padded by the centring).
+
+    Returns
+    -------
+    np.ndarray
+        Shape ``(n_fft // 2 + 1, 1 + n // hop_length)`` float32, C-contiguous.
+    """
+    import scipy.fft
+
+    y = np.asarray(y, dtype=np.float32)
+    n_frames = 1 + y.size // hop_length
+    half = n_fft // 2
+    padded = np.zeros(y.size + 2 * half + n_fft, np.float32)  # room for the last frame's tail
+    padded[half : half + y.size] = y
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[: n_frames * hop_length : hop_length]
+    spec = scipy.fft.rfft(frames * _hann_periodic(n_fft), axis=-1)  # (n_frames, n_fft // 2 + 1)
+    power = spec.real**2
+    power += spec.imag**2
+    return np.ascontiguousarray(power.T)
+
+
 def power_spectrogram(y: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
     """Power STFT with a Hann window, frames centred on multiples of ``hop_length``.
 
@@ -30,12 +71,7 @@ def power_spectrogram(y: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
     np.ndarray
         Shape ``(n_fft // 2 + 1, 1 + n // hop_length)`` float32.
     """
-    n_frames = 1 + y.size // hop_length
-    if y.size < n_fft:
-        # librosa warns on inputs shorter than one frame; zero-pad them (frame count unchanged)
-        y = np.pad(y, (0, n_fft - y.size))
-    spec = librosa.stft(y, n_fft=n_fft, hop_length=hop_length, center=True, pad_mode="constant")
-    return (np.abs(spec[:, :n_frames]) ** 2).astype(np.float32)
+    return stft_power(y, n_fft, hop_length)
 
 
 @lru_cache(maxsize=16)
