@@ -171,6 +171,46 @@ def _prepare_worker() -> None:
             tensorflow.config.threading.set_inter_op_parallelism_threads(1)
         except RuntimeError:  # already initialised in this process: keep what it has
             pass
+    _exit_quickly_once_closed()
+
+
+def _exit_quickly_once_closed() -> None:
+    """Skip TensorFlow's interpreter teardown (over a second) when a worker process ends normally.
+
+    A Dask nanny starts its worker with multiprocessing's spawn, whose child ends through
+    ``sys.exit`` and so through the whole interpreter finalisation. Everything a task writes is
+    written before the task returns, so once the worker has closed there is nothing left to lose.
+    Only in a nanny's child (not in a ``dask worker --no-nanny`` or any other program) and only
+    when the worker reached ``closed``; any other ending keeps the normal path and its exit code.
+    """
+    import atexit
+    import multiprocessing
+
+    try:
+        from distributed import get_worker
+        from distributed.core import Status
+
+        worker = get_worker()
+    except (ImportError, ValueError):  # not running inside a Dask worker
+        return
+    if multiprocessing.parent_process() is None:
+        return
+
+    def _exit_now() -> None:
+        if worker.status != Status.closed:
+            return
+        import logging
+        import sys
+
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(0)
+
+    atexit.register(_exit_now)  # registered after TensorFlow's own handlers, so it runs first
 
 
 def process_batch(task: BatchTask, *, job, layout: OutputLayout,

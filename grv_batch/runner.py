@@ -277,10 +277,13 @@ def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | No
     fs, out = storage.filesystem(out_url, options)
     _clean_unfinished(fs, out, plan.done)
     pending = [t for t in plan.tasks if t.batch_id not in plan.done]
+    phases = {"prepare_s": time.perf_counter() - started}
     records = _execute(client, pending, job=job, layout=plan.layout, options=options,
                        console=console, progress=progress)
+    phases["batches_s"] = time.perf_counter() - started - sum(phases.values())
     counts = _account(fs, out, plan.corpus)
     speakers_n = _write_speakers(fs, out, job, options)
+    phases["tables_s"] = time.perf_counter() - started - sum(phases.values())
     report_path = None
     report_error = None
     if job.output.write_report:
@@ -291,6 +294,7 @@ def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | No
         except Exception as exc:  # noqa: BLE001 - a failed report must not lose a finished run
             report_error = storage.redact_text(f"{type(exc).__name__}: {exc}", secrets)
             say(f"[yellow]Report could not be built: {report_error}[/yellow]")
+    phases["report_s"] = time.perf_counter() - started - sum(phases.values())
     wall = time.perf_counter() - started
     model_identity = next((r.get("model") for r in records if r.get("model")), None)
     if model_identity is None:
@@ -317,7 +321,10 @@ def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | No
                     "skipped_as_done": len(tasks) - len(pending)},
         "timings": {"wall_s": wall, "audio_s": counts["audio_s"],
                     "realtime_factor": counts["audio_s"] / wall if wall else None,
-                    "task_wall_s": sum(r.get("wall_s") or 0.0 for r in records)},
+                    "task_wall_s": sum(r.get("wall_s") or 0.0 for r in records),
+                    # where the run's wall time went: set-up, the batches on the workers, the
+                    # accounting and speakers table, the report
+                    "phases": phases},
         "report": report_path,
         "report_error": report_error,
     })

@@ -269,3 +269,14 @@ def test_delta_equals_librosa(n: int, width: int) -> None:
     x = np.random.default_rng(n).standard_normal((20, n)).astype(np.float32) * 30
     expected = librosa.feature.delta(x, width=width, axis=-1, mode="interp")
     np.testing.assert_allclose(_delta(x, width), expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize(
+    "args", [(16000, 512, 64, 50.0, 8000.0), (16000, 512, 40, 0.0, 8000.0), (22050, 2048, 128, 0.0, 11025.0)]
+)
+def test_mel_filterbank_is_librosas(args: tuple) -> None:
+    from grv_batch.features.spectral import mel_filterbank
+
+    sr, n_fft, n_mels, fmin, fmax = args
+    expected = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
+    np.testing.assert_array_equal(mel_filterbank(*args), expected)

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import librosa
 import numpy as np
 import soxr
 
-from grv_batch.features.spectral import stft_power
+from grv_batch.features.spectral import mel_filterbank, stft_power
 
 __all__ = ["MEL128_SR", "mel128"]
 
@@ -24,7 +23,7 @@ MEL128_SR = 22050
 @lru_cache(maxsize=1)
 def _mel_basis() -> np.ndarray:
     """melspectrogram's default filterbank at 22,050 Hz, shape ``(128, 1025)``."""
-    return librosa.filters.mel(sr=MEL128_SR, n_fft=2048, n_mels=128).astype(np.float64)
+    return mel_filterbank(MEL128_SR, 2048, 128, 0.0, MEL128_SR / 2).astype(np.float64)
 
 
 def mel128(audio: np.ndarray, sr: int) -> tuple[np.ndarray, int]:

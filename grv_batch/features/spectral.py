@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import librosa
 import numpy as np
 
 __all__ = ["SPECTRAL_COLUMNS", "mel_filterbank", "power_spectrogram", "spectral_features"]
@@ -74,10 +73,37 @@ def power_spectrogram(y: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
     return stft_power(y, n_fft, hop_length)
 
 
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale (librosa's default, ``htk=False``): linear to 1 kHz, logarithmic above."""
+    hz = np.asarray(hz, dtype=np.float64)
+    mel = hz / (200.0 / 3)
+    log_region = hz >= 1000.0
+    return np.where(log_region, 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / (np.log(6.4) / 27.0), mel)
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, dtype=np.float64)
+    return np.where(mel >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (mel - 15.0)), mel * (200.0 / 3))
+
+
 @lru_cache(maxsize=16)
 def mel_filterbank(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
-    """Cached librosa (Slaney) mel filterbank, shape ``(n_mels, n_fft // 2 + 1)`` float32."""
-    fb = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=min(fmax, sr / 2))
+    """Slaney-normalised triangular mel filterbank, shape ``(n_mels, n_fft // 2 + 1)`` float32.
+
+    The same matrix as ``librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin,
+    fmax=fmax)`` (its defaults: Slaney scale and area normalisation), computed here because importing
+    ``librosa.filters`` compiles numba code, close to a second in every worker process.
+    """
+    fmax = min(fmax, sr / 2)
+    fft_hz = np.fft.rfftfreq(n=n_fft, d=1.0 / sr)
+    edges_hz = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
+    widths = np.diff(edges_hz)
+    ramps = np.subtract.outer(edges_hz, fft_hz)
+    rising = -ramps[:-2] / widths[:-1, None]
+    falling = ramps[2:] / widths[1:, None]
+    # float32 before the area normalisation, in librosa's order of operations: bit-identical
+    fb = np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)
+    fb *= (2.0 / (edges_hz[2:] - edges_hz[:-2]))[:, None]  # equal area per band
     fb.setflags(write=False)
     return fb
 
