@@ -699,7 +699,22 @@ def render_table(res: dict) -> str:
                          f"{r['x_in_run']:,.0f}x (its own wall {r['timings'].get('wall_s', 0):.1f} s, "
                          f"excluding interpreter and import start-up); "
                          f"{r['n_processes']} processes sampled, {r['n_error']} error rows.")
+    phased = [r for r in runs if r.get("timings", {}).get("phases")]
+    if phased:
+        extra.append("Where each run's wall time went (command start to exit; `_run.json` phases): "
+                     + "; ".join(_phase_line(r) for r in phased) + ".")
     return "\n".join(lines) + ("\n\n" + "\n".join(f"- {e}" for e in extra) if extra else "")
+
+
+def _phase_line(r: dict) -> str:
+    """One run's wall time split: start-up outside the run, the batches, tables, report, shutdown."""
+    t = r["timings"]
+    ph = t["phases"]
+    outside = r["wall_s"] - t.get("wall_s", 0.0)
+    return (f"{r['workers']} worker(s): {r['wall_s']:.1f} s = {outside:.1f} s interpreter, imports, "
+            f"cluster start and stop + {ph.get('prepare_s', 0):.1f} s set-up + {ph.get('batches_s', 0):.1f} s "
+            f"batches (worker start-up included) + {ph.get('tables_s', 0):.1f} s accounting and speakers + "
+            f"{ph.get('report_s', 0):.1f} s report")
 
 
 def render_profile(p: dict) -> str:

@@ -135,8 +135,9 @@ def train(
                  variants=tuple(names["variants"]), eval_variants=tuple(names["eval-variants"]),
                  heldout_corpus=heldout_corpus, epochs=per_member, cache=cache, report=report,
                  version=version, workers=workers)
+    # markup off: "[model]" is a TOML table here, not a rich style
     console.print(f"Model bundle written to {out} (model card: {out / 'model_card.md'}); "
-                  f"use it with [model] bundle = \"{out}\" in a job file")
+                  f"use it with [model] bundle = \"{out}\" in a job file", markup=False)
 
 
 def _csv(text: str) -> list[str]:
