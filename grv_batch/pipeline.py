@@ -84,7 +84,7 @@ class _FileResult:
     row: dict[str, Any]
     features: dict[str, Any] | None = None
     windows: list[Any] = field(default_factory=list)
-    window_preds: list[dict[str, float]] = field(default_factory=list)
+    window_preds: list[np.ndarray] = field(default_factory=list)  # one row of PRED_COLUMNS each
 
 
 def features_schema() -> pa.Schema:
@@ -239,6 +239,7 @@ def process_batch(task: BatchTask, *, job, layout: OutputLayout,
     from grv_batch.models import load_ensemble
     from grv_batch.stages.decode import DecodeError, probe
 
+    started_at = time.time()  # wall-clock, for a timeline of the run across workers
     _prepare_worker()
     started = time.perf_counter()
     options = dict(storage_options or {})
@@ -246,14 +247,19 @@ def process_batch(task: BatchTask, *, job, layout: OutputLayout,
     analysis = job.analysis()
     results: list[_FileResult] = []
     pending: list[tuple[_FileResult, Any]] = []
+    pred_columns: list[str] = []  # the columns of predict_windows, set by the first flush
 
     def flush() -> None:
         if not pending:
             return
-        frame = pd.DataFrame([{**w.features, "mel128": w.mel128} for _, w in pending])
-        preds = ensemble.predict_windows(frame, [w.logmel for _, w in pending])
-        for (result, window), (_, pred) in zip(pending, preds.iterrows(), strict=True):
-            result.window_preds.append({k: float(v) for k, v in pred.items()})
+        windows = [w for _, w in pending]
+        frame = pd.DataFrame({c: [w.features[c] for w in windows] for c in windows[0].features})
+        frame["mel128"] = [w.mel128 for w in windows]
+        preds = ensemble.predict_windows(frame, [w.logmel for w in windows])
+        pred_columns[:] = list(preds.columns)
+        values = preds.to_numpy(dtype=np.float64)
+        for (result, window), pred in zip(pending, values, strict=True):
+            result.window_preds.append(pred)
             window.logmel = None  # the frames are no longer needed: free them now
         pending.clear()
 
@@ -271,7 +277,7 @@ def process_batch(task: BatchTask, *, job, layout: OutputLayout,
                 source.seek(0)
                 row.update(sample_rate=info.sample_rate, channels=info.channels,
                            format=info.format, subtype=info.subtype)
-                for window in iter_windows(source, analysis):
+                for window in iter_windows(source, analysis, info=info):
                     result.windows.append(window)
                     pending.append((result, window))
                     if len(pending) >= PREDICT_CHUNK_WINDOWS:
@@ -309,7 +315,7 @@ def process_batch(task: BatchTask, *, job, layout: OutputLayout,
             continue
         feature_rows.append({"file_id": row["file_id"], **result.features})
         decision = ensemble.combine_file(
-            pd.DataFrame(result.window_preds),
+            dict(zip(pred_columns, np.array(result.window_preds).T, strict=True)),
             speech_s=np.array([w.speech_s for w in result.windows]),
             params=job.model,
         )
@@ -343,6 +349,8 @@ def process_batch(task: BatchTask, *, job, layout: OutputLayout,
         "n_error": len(files_rows) - len(feature_rows),
         "audio_s": float(sum(r.get("duration_s") or 0.0 for r in files_rows)),
         "wall_s": time.perf_counter() - started,
+        "started_at": started_at,
+        "finished_at": time.time(),
         "worker_pid": os.getpid(),
         "model": ensemble.identity,
     }

@@ -200,13 +200,16 @@ def analyze_window(
     )
 
 
-def iter_windows(source: Source, params: AnalysisParams | None = None) -> Iterator[WindowAnalysis]:
+def iter_windows(source: Source, params: AnalysisParams | None = None, *,
+                 info: AudioInfo | None = None) -> Iterator[WindowAnalysis]:
     """Analyse ``source`` window by window; memory is bounded by one window whatever the length.
 
     Parameters
     ----------
     source : str, os.PathLike or binary file object
     params : AnalysisParams, optional
+    info : AudioInfo, optional
+        The source's :func:`probe` result when the caller has it (saves opening the file again).
 
     Yields
     ------
@@ -218,7 +221,7 @@ def iter_windows(source: Source, params: AnalysisParams | None = None) -> Iterat
         Unusable audio (possibly after some windows were yielded, e.g. truncation).
     """
     params = params or AnalysisParams()
-    sr = probe(source).sample_rate
+    sr = (info or probe(source)).sample_rate
     blocks = iter_blocks(source, params.decode)
     for start_s, window in _segment.iter_windows(blocks, sr, params.segment):
         yield analyze_window(window, sr, params, start_s)
@@ -269,7 +272,7 @@ def analyze_file(source: Source, params: AnalysisParams | None = None) -> FileAn
     """
     params = params or AnalysisParams()
     info = probe(source)
-    windows = list(iter_windows(source, params))
+    windows = list(iter_windows(source, params, info=info))
     duration = float(sum(w.duration_s for w in windows))
     info = dataclasses.replace(
         info, frames=int(round(duration * info.sample_rate)), duration_s=duration

@@ -115,19 +115,29 @@ class Ensemble:
         return out
 
     # ------------------------------------------------------------------------------------------
-    def combine_file(self, window_preds: pd.DataFrame, *, speech_s, params: ModelParams | None = None) -> dict:
+    def combine_file(self, window_preds, *, speech_s, params: ModelParams | None = None) -> dict:
         """Pool the windows of one recording into the file's prediction.
 
         Log-odds of every window are averaged, weighted by its seconds of speech times its
         confidence; the same pooling gives each ``p_male_<member>``.
+
+        Parameters
+        ----------
+        window_preds : pandas.DataFrame or Mapping[str, np.ndarray]
+            :meth:`predict_windows` rows of this file's windows (a mapping of columns is cheaper
+            when called once per file).
+        speech_s : array-like
+            Shape ``(n_windows,)``, seconds of speech per window.
         """
         params = params or self.params
         thr = float(params.confidence_threshold if params.confidence_threshold is not None else self.confidence_threshold)
         dis = float(params.disagreement if params.disagreement is not None else self.disagreement)
         speech = np.nan_to_num(np.asarray(speech_s, dtype=np.float64).reshape(-1), nan=0.0)
         speech = np.maximum(speech, 0.0)
-        if len(speech) != len(window_preds):
-            raise ValueError(f"speech_s has {len(speech)} values for {len(window_preds)} windows")
+        columns = {c: np.asarray(window_preds[c], dtype=np.float64) for c in window_preds}
+        n_windows = len(next(iter(columns.values()))) if columns else 0
+        if len(speech) != n_windows:
+            raise ValueError(f"speech_s has {len(speech)} values for {n_windows} windows")
         cols = [f"p_male_{m}" for m in self.members]
         row: dict = {}
 
@@ -142,8 +152,8 @@ class Ensemble:
             return float(cal.sigmoid(np.sum(w * _logit(p[ok])) / w.sum()))
 
         for c in cols:
-            row[c] = pool(window_preds[c].to_numpy()) if c in window_preds else float("nan")
-        p = pool(window_preds["p_male"].to_numpy()) if len(window_preds) else float("nan")
+            row[c] = pool(columns[c]) if c in columns else float("nan")
+        p = pool(columns["p_male"]) if n_windows else float("nan")
         total_speech = float(speech.sum())
         if not np.isfinite(p):
             p = 0.5
@@ -153,7 +163,7 @@ class Ensemble:
         member_p = member_p[np.isfinite(member_p)]
         split = len(member_p) > 1 and (member_p > 0.5).any() and (member_p <= 0.5).any()
         spread = float(member_p.max() - member_p.min()) if len(member_p) else 0.0
-        if len(window_preds) == 0 or total_speech < params.min_speech_s:
+        if n_windows == 0 or total_speech < params.min_speech_s:
             label, reason = "uncertain", "too_little_speech"
         elif split and spread > dis:
             label, reason = "uncertain", "members_disagree"

@@ -49,11 +49,13 @@ def _prepare_profile(features: pd.DataFrame, logmels: list, config: dict):
     cols = config["feature_columns"]
     mean = np.asarray(config["mean"], dtype=np.float64)
     std = np.asarray(config["std"], dtype=np.float64)
-    n = len(features)
-    X = np.full((n, len(cols)), np.nan)
-    for j, c in enumerate(cols):
-        if c in features.columns:
-            X[:, j] = pd.to_numeric(features[c], errors="coerce").to_numpy(dtype=np.float64)
+    # absent columns become NaN; numeric frames convert in one step, others column by column
+    sub = features.reindex(columns=cols)
+    try:
+        X = sub.to_numpy(dtype=np.float64, na_value=np.nan)
+    except (TypeError, ValueError):
+        X = np.column_stack([pd.to_numeric(sub[c], errors="coerce").to_numpy(dtype=np.float64)
+                             for c in cols]) if cols else np.zeros((len(sub), 0))
     missing = np.isnan(X).mean(axis=1)
     keep = np.nonzero(missing <= float(config.get("max_missing", 0.5)))[0]
     X = X[keep]
