@@ -660,9 +660,27 @@ def main(argv: list[str] | None = None) -> int:
     (work / "results.json").write_text(json.dumps(results, indent=2, default=str))
     print(f"\nresults: {work / 'results.json'}")
     if args.write_docs:
-        args.docs_path.write_text(render_docs(results, quick=args.quick))
+        old = args.docs_path.read_text() if args.docs_path.exists() else ""
+        args.docs_path.write_text(keep_notes(render_docs(results, quick=args.quick), old))
         print(f"wrote {args.docs_path}")
     return 0
+
+
+NOTES_START, NOTES_END = "<!-- notes: kept by --write-docs -->", "<!-- /notes -->"
+
+
+def keep_notes(new_doc: str, old_doc: str) -> str:
+    """Carry the hand-written block between the notes markers of the old page over to the new one.
+
+    The block (what the numbers mean, status against targets, what changed them) goes just before
+    *Where the time goes*; a page without the block gets an empty one there to write into.
+    """
+    i, j = old_doc.find(NOTES_START), old_doc.find(NOTES_END)
+    block = old_doc[i:j + len(NOTES_END)] if 0 <= i < j else f"{NOTES_START}\n{NOTES_END}"
+    anchor = "## Where the time goes"
+    if anchor in new_doc:
+        return new_doc.replace(anchor, block + "\n\n" + anchor, 1)
+    return new_doc.rstrip("\n") + "\n\n" + block + "\n"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ import pandas as pd
 from grv_batch.discovery import load_metadata
 
 from . import _html as H
-from . import _plots as P
 from ._config import ReportParams
 from ._io import join_url, parquet_bytes, read_table, rejoin_metadata, write_bytes
 from ._metrics import BANDS, _ground_truth, build_groupings, evaluate, gaps_from_results
@@ -106,6 +105,8 @@ def render_html(
     title_path: str = "",
 ) -> str:
     """The whole report page as a string."""
+    from . import _plots as P  # matplotlib: imported only to draw, never by the workers
+
     gt = _ground_truth(predictions)
     with_gt = bool(gt.notna().any())
     p = pd.to_numeric(predictions["p_male"], errors="coerce").to_numpy(dtype=float)
