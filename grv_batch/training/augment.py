@@ -14,9 +14,10 @@ import soundfile as sf
 import soxr
 from scipy import signal
 
-VARIANTS = ("clean", "telephone", "wild", "perturb")
-#: Every variant :func:`make_variant` knows (``telephone2``: real narrowband codecs, opt-in).
-VARIANT_NAMES = (*VARIANTS, "telephone2")
+#: The variants the shipped bundle is trained on (and ``grv-batch train``'s default).
+VARIANTS = ("clean", "telephone", "telephone2", "wild", "perturb")
+#: Every variant :func:`make_variant` knows.
+VARIANT_NAMES = VARIANTS
 
 
 def _rms(x):
