@@ -28,7 +28,10 @@ StorageOptions = Annotated[
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    # escape: messages quote job-file sections ("[execution]") and paths, which are not markup
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -86,9 +89,10 @@ def run(
         f"Done: {summary.n_files} file(s), {summary.n_ok} ok, {summary.n_error} error; "
         f"{summary.audio_s / 3600:.2f} h of audio in {summary.wall_s:.1f} s "
         f"({summary.audio_s / max(summary.wall_s, 1e-9):.0f}x realtime)"
-        + (f"; {summary.n_batches_skipped} batch(es) already done" if summary.n_batches_skipped else ""))
+        + (f"; {summary.n_batches_skipped} batch(es) already done" if summary.n_batches_skipped else ""),
+        markup=False)
     console.print(f"Tables: {out}/files, features, predictions, speakers"
-                  + (f"; report: {summary.report}/report.html" if summary.report else ""))
+                  + (f"; report: {summary.report}/report.html" if summary.report else ""), markup=False)
 
 
 @app.command()
@@ -135,7 +139,6 @@ def train(
                  variants=tuple(names["variants"]), eval_variants=tuple(names["eval-variants"]),
                  heldout_corpus=heldout_corpus, epochs=per_member, cache=cache, report=report,
                  version=version, workers=workers)
-    # markup off: "[model]" is a TOML table here, not a rich style
     console.print(f"Model bundle written to {out} (model card: {out / 'model_card.md'}); "
                   f"use it with [model] bundle = \"{out}\" in a job file", markup=False)
 
@@ -173,7 +176,7 @@ def report(
         folder = build_report(out, metadata=metadata, params=params, storage_options=options)
     except InputError as exc:
         _fail(str(exc))
-    console.print(f"Report: {folder}/report.html")
+    console.print(f"Report: {folder}/report.html", markup=False)
 
 
 @app.command()
@@ -189,7 +192,7 @@ def demo(
 
     corpus = out / "corpus"
     meta = make_demo_corpus(corpus, n_speakers=speakers)
-    console.print(f"Demo corpus: {corpus} (metadata: {meta})")
+    console.print(f"Demo corpus: {corpus} (metadata: {meta})", markup=False)
     if corpus_only:
         return
     run(input=str(corpus), out=str(out / "run"), job=None, metadata=str(meta), scheduler=None,

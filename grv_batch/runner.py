@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+from rich.markup import escape
 
 from grv_batch import storage
 from grv_batch._version import __version__
@@ -80,7 +81,7 @@ def dask_client(execution, *, console=None) -> Iterator[Any]:
     if address:
         with Client(address, timeout="30s") as client:
             if console:
-                console.print(f"Using Dask scheduler {address} "
+                console.print(f"Using Dask scheduler {escape(address)} "
                               f"(dashboard: {client.dashboard_link})")
             yield client
         return
@@ -217,7 +218,7 @@ def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = No
     if metadata is not None:
         say(f"Metadata: {len(metadata)} rows; {joined.files_without_metadata} file(s) without a "
             f"metadata row, {joined.metadata_without_files} row(s) without a file"
-            + (f" (e.g. {', '.join(joined.examples_missing_files[:3])})"
+            + (f" (e.g. {escape(', '.join(joined.examples_missing_files[:3]))})"
                if joined.metadata_without_files else ""))
     members, model_sha256 = _member_names(job.model)
     fs, out = storage.filesystem(out_url, options)
@@ -236,7 +237,7 @@ def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = No
     done = {n[:-len(".json")] for n in storage.list_names(fs, storage.join(out, BATCHES_DIR))
             if n.endswith(".json") and "." not in n[:-len(".json")]}
     done &= {t.batch_id for t in tasks}
-    say(f"Found {len(corpus.files)} audio file(s) in {input_url}; {len(tasks)} batch(es)"
+    say(f"Found {len(corpus.files)} audio file(s) in {escape(input_url)}; {len(tasks)} batch(es)"
         + (f", {len(done)} already done (resuming)" if resuming and done else ""))
     return RunPlan(input_url=input_url, out_url=out_url, job=job, metadata_url=metadata_url,
                    corpus=corpus, joined=joined, tasks=tasks, done=done, resuming=resuming,
@@ -293,7 +294,7 @@ def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | No
             report_path = build_report(out_url, params=job.report, storage_options=options)
         except Exception as exc:  # noqa: BLE001 - a failed report must not lose a finished run
             report_error = storage.redact_text(f"{type(exc).__name__}: {exc}", secrets)
-            say(f"[yellow]Report could not be built: {report_error}[/yellow]")
+            say(f"[yellow]Report could not be built: {escape(report_error)}[/yellow]")
     phases["report_s"] = time.perf_counter() - started - sum(phases.values())
     wall = time.perf_counter() - started
     model_identity = next((r.get("model") for r in records if r.get("model")), None)

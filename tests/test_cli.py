@@ -28,3 +28,14 @@ def test_bad_storage_option_is_one_line(tmp_path):
                                  "--storage-option", "novalue"])
     assert result.exit_code == 2
     assert "KEY=VALUE" in result.output
+
+
+def test_job_file_errors_keep_their_brackets(tmp_path):
+    # the message names the TOML table; the terminal must not eat "[execution]" as a style tag
+    job = tmp_path / "job.toml"
+    job.write_text("[execution]\nworkers = 'many'\n")
+    (tmp_path / "in").mkdir()
+    result = runner.invoke(app, ["run", str(tmp_path / "in"), "--out", str(tmp_path / "o"),
+                                 "--job", str(job)])
+    assert result.exit_code == 2
+    assert "[execution].workers" in result.output
