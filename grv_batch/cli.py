@@ -127,10 +127,20 @@ def train(
         unknown = [v for v in values if v not in VARIANT_NAMES]
         if unknown:
             _fail(f"--{option}: unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANT_NAMES)}")
+    if not names["variants"]:
+        _fail(f"--variants needs at least one variant; known: {', '.join(VARIANT_NAMES)}")
     try:
         per_member = {k.strip(): int(v) for k, v in (kv.split("=") for kv in _csv(epochs))}
     except ValueError:
         _fail(f"--epochs must look like frames=20,voice_profile=80, got {epochs!r}")
+    members = ("cv_mel", "voice_profile", "frames")
+    unknown = sorted(set(per_member) - set(members))
+    if unknown:
+        _fail(f"--epochs: unknown member(s) {', '.join(unknown)}; known: {', '.join(members)}")
+    for option, path in (("--seed-model", seed_model), ("--cv-mel-model", cv_mel_model),
+                         ("--commonvoice", commonvoice)):
+        if path is not None and not path.exists():
+            _fail(f"{option} {path} does not exist")
     if commonvoice is None and cv_mel_model is None:
         guess = metadata.parent / "commonvoice-mel128" / "features.parquet"
         commonvoice = guess if guess.exists() else None

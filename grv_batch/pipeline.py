@@ -181,7 +181,9 @@ def _exit_quickly_once_closed() -> None:
     ``sys.exit`` and so through the whole interpreter finalisation. Everything a task writes is
     written before the task returns, so once the worker has closed there is nothing left to lose.
     Only in a nanny's child (not in a ``dask worker --no-nanny`` or any other program) and only
-    when the worker reached ``closed``; any other ending keeps the normal path and its exit code.
+    when the worker reached ``closed``; any other ending keeps the normal path. The exit status is
+    then 0 even if closing raised (the error is in the worker's log already): a nanny decides to
+    restart or close by its own state, not by its worker's exit status.
     """
     import atexit
     import multiprocessing

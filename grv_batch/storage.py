@@ -160,27 +160,34 @@ def list_names(fs, folder: str) -> list[str]:
 def read_parquet(fs, path: str, columns: list[str] | None = None) -> pa.Table | None:
     """A Parquet file or a folder of Parquet shards as one Arrow table; ``None`` when absent or empty.
 
-    Shards are read one by one and concatenated with schema promotion, so a metadata column that is
-    all-null (typed ``null``) in one shard and typed in another is not an error. ``columns``: read
-    only those of them that exist. Hidden and ``_``-prefixed names (temporary files, completion
-    records) are skipped.
+    A folder is read as an Arrow dataset: hive partition folders (``gender=male/``) become
+    columns, names starting with ``.`` or ``_`` (temporary files, completion records) are skipped,
+    and the shards' schemas are unified with promotion, so a metadata column that is all-null
+    (typed ``null``) in one shard and typed in another is not an error. ``columns``: read only
+    those of them that exist.
     """
+    import pyarrow.dataset as ds
+
     if not exists(fs, path):
         return None
     if fs.isfile(path):
-        files = [path]
-    else:
-        files = sorted(p for p in fs.find(path) if p.endswith(".parquet")
-                       and not posixpath.basename(p).startswith((".", "_")))
-    tables = []
-    for name in files:
-        with fs.open(name, "rb") as handle:
+        with fs.open(path, "rb") as handle:
             parquet = pq.ParquetFile(handle)
             wanted = None if columns is None else [c for c in columns if c in parquet.schema_arrow.names]
-            tables.append(parquet.read(columns=wanted))
-    if not tables:
+            return parquet.read(columns=wanted)
+    dataset = ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive",
+                         ignore_prefixes=[".", "_"])
+    fragments = list(dataset.get_fragments())
+    if not fragments:
         return None
-    return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    schemas = [fragment.physical_schema for fragment in fragments]
+    if dataset.partitioning is not None and dataset.partitioning.schema is not None:
+        schemas.append(dataset.partitioning.schema)
+    schema = pa.unify_schemas(schemas, promote_options="permissive")
+    dataset = ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive",
+                         ignore_prefixes=[".", "_"], schema=schema)
+    wanted = None if columns is None else [c for c in columns if c in schema.names]
+    return dataset.to_table(columns=wanted)
 
 
 def _is_local(fs) -> bool:

@@ -66,3 +66,11 @@ def test_train_rejects_unknown_variant(tiny_corpus, tmp_path):
     assert proc.returncode != 0
     assert "unknown variant(s) underwater" in proc.stdout + proc.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_train_rejects_unknown_epochs_member(tiny_corpus, tmp_path):
+    root, manifest = tiny_corpus
+    proc = grv("train", "--metadata", str(manifest), "--data-root", str(root), "--out",
+               str(tmp_path / "b"), "--epochs", "frame=3", check=False)
+    assert proc.returncode != 0
+    assert "unknown member(s) frame" in proc.stdout + proc.stderr

@@ -134,11 +134,12 @@ class Ensemble:
         dis = float(params.disagreement if params.disagreement is not None else self.disagreement)
         speech = np.nan_to_num(np.asarray(speech_s, dtype=np.float64).reshape(-1), nan=0.0)
         speech = np.maximum(speech, 0.0)
-        columns = {c: np.asarray(window_preds[c], dtype=np.float64) for c in window_preds}
+        cols = [f"p_male_{m}" for m in self.members]
+        columns = {c: np.asarray(window_preds[c], dtype=np.float64)
+                   for c in [*cols, "p_male"] if c in window_preds}  # other columns are ignored
         n_windows = len(next(iter(columns.values()))) if columns else 0
         if len(speech) != n_windows:
             raise ValueError(f"speech_s has {len(speech)} values for {n_windows} windows")
-        cols = [f"p_male_{m}" for m in self.members]
         row: dict = {}
 
         def pool(p: np.ndarray) -> float:

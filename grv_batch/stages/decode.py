@@ -32,8 +32,12 @@ _INEXACT_FRAME_FORMATS = {"MP3", "OGG"}
 
 # libsndfile's header log for a RIFF/AIFF file cut short: "data : 64000 (should be 31978)".
 _CHUNK_SIZE_LOG = re.compile(r"^\s*(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
-# Size fields that writers of unfinished streams leave as placeholders: not evidence of a cut.
-_PLACEHOLDER_SIZES = {0, 0xFFFFFFFF, 0x7FFFFFFF}
+# Size fields that writers of unfinished streams leave as placeholders (0, 0xFFFFFFFF, and near
+# 2**31: SoX to a pipe writes 0x7FFFF000, arecord 0x7FFFFF00): not evidence of a cut.
+_PLACEHOLDER_MIN = 0x7F000000
+# A shortfall this small is not worth losing the file for (a partial last frame, a writer that
+# counted its header in the data size): at most this many bytes, or this share of the data.
+_CUT_TOLERANCE_BYTES, _CUT_TOLERANCE_SHARE = 4096, 0.005
 
 
 class DecodeParams(Params):
@@ -130,7 +134,9 @@ def _check_not_cut(f: sf.SoundFile) -> None:
     if not match:
         return
     declared, present = int(match.group(1)), int(match.group(2))
-    if declared in _PLACEHOLDER_SIZES or declared <= present:
+    if declared == 0 or declared >= _PLACEHOLDER_MIN:
+        return
+    if declared - present <= max(_CUT_TOLERANCE_BYTES, _CUT_TOLERANCE_SHARE * declared):
         return
     raise DecodeError(
         f"truncated or corrupt audio: the header declares {declared} bytes of samples, "

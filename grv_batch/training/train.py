@@ -335,7 +335,9 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
     # operating point: smallest threshold with >= 98.75% (98.5% target + margin for selection on the
     # same data) accuracy on confident *clean* files out of
     # fold (harder variants then trade coverage for accuracy; see the coverage table)
-    clean = (F["variant"] == "clean").to_numpy() if (F["variant"] == "clean").any() else np.ones(len(F), bool)
+    clean = (F["variant"] == "clean").to_numpy() & fitF
+    if not clean.any():  # no fitted clean rows: choose on all fitted rows (never on eval-only ones)
+        clean = fitF
     threshold = _choose_threshold(yF[clean], F["p_ensemble"].to_numpy()[clean], target=0.9875)
 
     # ---- metrics ----
