@@ -280,3 +280,13 @@ def test_mel_filterbank_is_librosas(args: tuple) -> None:
     sr, n_fft, n_mels, fmin, fmax = args
     expected = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)
     np.testing.assert_array_equal(mel_filterbank(*args), expected)
+
+
+def test_channel_choice_through_analysis(tmp_path: Path) -> None:
+    from grv_batch.stages.decode import DecodeParams
+
+    path = tmp_path / "two_talkers.wav"
+    sf.write(path, np.stack([vowel(120.0, 2.0), vowel(220.0, 2.0)], axis=1), SR)
+    for channel, f0 in ((0, 120.0), (1, 220.0)):
+        params = AnalysisParams(decode=DecodeParams(channel=channel))
+        assert analyze_file(path, params).features["f0_p50"] == pytest.approx(f0, abs=1.5)

@@ -400,3 +400,22 @@ def test_long_file_bounded_memory(tmp_path: Path) -> None:
     assert starts == [30.0 * i for i in range(20)]
     # a few windows and blocks in flight (~10 MB), far from the whole file
     assert peak < 0.4 * whole_mb, f"peak {peak:.1f} MB"
+
+
+def test_channel_selection_keeps_one_talker(tmp_path: Path) -> None:
+    # a two-party call with one talker per channel: "mix" blends them, an index keeps one
+    path = tmp_path / "call.wav"
+    left, right = tone(120, 1.0), tone(220, 1.0)
+    sf.write(path, np.stack([left, right], axis=1), SR)
+    mixed = np.concatenate(list(iter_blocks(path)))
+    np.testing.assert_allclose(mixed, (left + right) / 2, atol=1e-4)
+    for index, expected in ((0, left), (1, right)):
+        got = np.concatenate(list(iter_blocks(path, DecodeParams(channel=index))))
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+    with pytest.raises(DecodeError, match="channel 2 requested, but the file has 2 channels"):
+        list(iter_blocks(path, DecodeParams(channel=2)))
+    mono = tmp_path / "mono.wav"
+    sf.write(mono, left, SR)
+    np.testing.assert_allclose(np.concatenate(list(iter_blocks(mono, DecodeParams(channel=1)))), left, atol=1e-4)
+    with pytest.raises(ValidationError):
+        DecodeParams(channel="left")

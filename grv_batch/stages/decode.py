@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import IO, Any, Union
+from typing import IO, Annotated, Any, Literal, Union
 
 import numpy as np
 import soundfile as sf
@@ -47,9 +47,15 @@ class DecodeParams(Params):
     ----------
     block_s : float
         Length of each yielded block in seconds (> 0). Bounds memory: one block is held at a time.
+    channel : "mix" or int
+        ``"mix"``: the mean of all channels. An index (0 = first/left): only that channel, for
+        recordings that keep one talker per channel (two-party calls, interviews on two
+        microphones). Mono files always use their one channel; a multi-channel file with fewer
+        channels than the index is an error.
     """
 
     block_s: float = Field(30.0, gt=0, le=3600)
+    channel: Literal["mix"] | Annotated[int, Field(ge=0, le=63)] = "mix"
 
 
 class DecodeError(Exception):
@@ -205,6 +211,9 @@ def iter_blocks(source: Source, params: DecodeParams | None = None) -> Iterator[
     with _open(source) as f:
         info = _info(f)
         sr = info.sample_rate
+        pick = None if params.channel == "mix" or info.channels == 1 else int(params.channel)
+        if pick is not None and pick >= info.channels:
+            raise DecodeError(f"channel {pick} requested, but the file has {info.channels} channels")
         block = max(int(round(params.block_s * sr)), 1)
         # libsndfile is read in pieces of at most 1 s, so a decoding error is located to the second
         piece = min(block, sr)
@@ -222,7 +231,10 @@ def iter_blocks(source: Source, params: DecodeParams | None = None) -> Iterator[
                 if data.shape[0] == 0:
                     break
                 # Mix-down by mean (not sum) keeps the level of a mono source copied to both channels
-                mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
+                if pick is not None:
+                    mono = np.ascontiguousarray(data[:, pick])
+                else:
+                    mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
                 if not np.isfinite(mono).all():
                     raise DecodeError("non-finite samples (NaN or inf)")
                 parts.append(mono)
