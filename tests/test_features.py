@@ -251,13 +251,13 @@ def test_tiny_windows_do_not_fail(n: int, sr: int) -> None:
 
 @pytest.mark.parametrize("n", [100, 511, 512, 16000, 16161])
 @pytest.mark.parametrize(("n_fft", "hop"), [(512, 160), (2048, 512)])
-def test_stft_power_equals_librosa(n: int, n_fft: int, hop: int) -> None:
-    from grv_batch.features.spectral import stft_power
+def test_power_spectrogram_equals_librosa(n: int, n_fft: int, hop: int) -> None:
+    from grv_batch.features.spectral import power_spectrogram
 
     y = noise(n / 16000, amp=0.3, seed=n)[:n]
     padded = np.pad(y, (0, max(n_fft - n, 0)))  # librosa warns below one frame; zeros change nothing
     expected = np.abs(librosa.stft(padded, n_fft=n_fft, hop_length=hop, pad_mode="constant")) ** 2
-    got = stft_power(y, n_fft, hop)
+    got = power_spectrogram(y, n_fft, hop)
     assert got.shape == (n_fft // 2 + 1, 1 + n // hop) and got.dtype == np.float32
     np.testing.assert_allclose(got, expected[:, : got.shape[1]], rtol=2e-4, atol=1e-6 * expected.max())
 

@@ -59,18 +59,14 @@ def test_train_writes_a_bundle_that_loads_and_predicts(tiny_corpus, tmp_path):
     assert {r["heldout_corpus"] for r in summary["heldout_corpus"]} == {"a", "b"}
 
 
-def test_train_rejects_unknown_variant(tiny_corpus, tmp_path):
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--variants", "clean,underwater", "unknown variant(s) underwater"),
+    ("--epochs", "frame=3", "unknown member(s) frame"),
+])
+def test_train_refuses_unknown_names(tiny_corpus, tmp_path, option, value, message):
     root, manifest = tiny_corpus
     proc = grv("train", "--metadata", str(manifest), "--data-root", str(root), "--out",
-               str(tmp_path / "b"), "--variants", "clean,underwater", check=False)
+               str(tmp_path / "b"), option, value, check=False)
     assert proc.returncode != 0
-    assert "unknown variant(s) underwater" in proc.stdout + proc.stderr
+    assert message in proc.stdout + proc.stderr
     assert not (tmp_path / "b").exists()
-
-
-def test_train_rejects_unknown_epochs_member(tiny_corpus, tmp_path):
-    root, manifest = tiny_corpus
-    proc = grv("train", "--metadata", str(manifest), "--data-root", str(root), "--out",
-               str(tmp_path / "b"), "--epochs", "frame=3", check=False)
-    assert proc.returncode != 0
-    assert "unknown member(s) frame" in proc.stdout + proc.stderr

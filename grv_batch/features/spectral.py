@@ -26,7 +26,7 @@ def _hann_periodic(n_fft: int) -> np.ndarray:
     return window
 
 
-def stft_power(y: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
+def power_spectrogram(y: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
     """``np.abs(librosa.stft(y, n_fft, hop_length, center=True, pad_mode="constant")) ** 2``.
 
     The same frames, window and transform, without librosa's per-call overheads and in float32
@@ -55,22 +55,6 @@ def stft_power(y: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
     power = spec.real**2
     power += spec.imag**2
     return np.ascontiguousarray(power.T)
-
-
-def power_spectrogram(y: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
-    """Power STFT with a Hann window, frames centred on multiples of ``hop_length``.
-
-    Parameters
-    ----------
-    y : np.ndarray
-        Shape ``(n,)``.
-
-    Returns
-    -------
-    np.ndarray
-        Shape ``(n_fft // 2 + 1, 1 + n // hop_length)`` float32.
-    """
-    return stft_power(y, n_fft, hop_length)
 
 
 def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
