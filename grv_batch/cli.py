@@ -133,7 +133,8 @@ def train(
         per_member = {k.strip(): int(v) for k, v in (kv.split("=") for kv in _csv(epochs))}
     except ValueError:
         _fail(f"--epochs must look like frames=20,voice_profile=80, got {epochs!r}")
-    members = ("cv_mel", "voice_profile", "frames")
+    from grv_batch.models.members import REGISTRY as members
+
     unknown = sorted(set(per_member) - set(members))
     if unknown:
         _fail(f"--epochs: unknown member(s) {', '.join(unknown)}; known: {', '.join(members)}")

@@ -249,7 +249,7 @@ def process_batch(task: BatchTask, *, job, layout: OutputLayout,
     analysis = job.analysis()
     results: list[_FileResult] = []
     pending: list[tuple[_FileResult, Any]] = []
-    pred_columns: list[str] = []  # the columns of predict_windows, set by the first flush
+    pred_columns = [*(f"p_male_{m}" for m in ensemble.members), "p_male"]  # of predict_windows
 
     def flush() -> None:
         if not pending:
@@ -258,8 +258,7 @@ def process_batch(task: BatchTask, *, job, layout: OutputLayout,
         frame = pd.DataFrame({c: [w.features[c] for w in windows] for c in windows[0].features})
         frame["mel128"] = [w.mel128 for w in windows]
         preds = ensemble.predict_windows(frame, [w.logmel for w in windows])
-        pred_columns[:] = list(preds.columns)
-        values = preds.to_numpy(dtype=np.float64)
+        values = preds[pred_columns].to_numpy(dtype=np.float64)
         for (result, window), pred in zip(pending, values, strict=True):
             result.window_preds.append(pred)
             window.logmel = None  # the frames are no longer needed: free them now

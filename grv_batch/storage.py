@@ -184,8 +184,7 @@ def read_parquet(fs, path: str, columns: list[str] | None = None) -> pa.Table | 
     if dataset.partitioning is not None and dataset.partitioning.schema is not None:
         schemas.append(dataset.partitioning.schema)
     schema = pa.unify_schemas(schemas, promote_options="permissive")
-    dataset = ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive",
-                         ignore_prefixes=[".", "_"], schema=schema)
+    dataset = dataset.replace_schema(schema)  # the files found above, read with the unified schema
     wanted = None if columns is None else [c for c in columns if c in schema.names]
     return dataset.to_table(columns=wanted)
 
