@@ -70,3 +70,34 @@ def test_train_refuses_unknown_names(tiny_corpus, tmp_path, option, value, messa
     assert proc.returncode != 0
     assert message in proc.stdout + proc.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_operating_point_is_the_most_coverage_at_the_target_accuracy():
+    """Known answer: 10 wrong files, all at confidence 0.9 and with members agreeing, and 990 right
+    ones spread over 0.6-1.0. Labelling the wrong ones costs 1% accuracy, so at a 99.5% target
+    the threshold must rise just past 0.9; the disagreement rule (members split on some right
+    files) only costs coverage, so the most lenient spread on the grid wins."""
+    import numpy as np
+
+    from grv_batch.models.ensemble import decide
+    from grv_batch.training.train import DISAGREEMENT_GRID, choose_operating_point
+
+    rng = np.random.default_rng(0)
+    conf = np.concatenate([np.full(10, 0.9), rng.uniform(0.6, 1.0, 990)])
+    male = rng.random(1000) < 0.5
+    right = np.arange(1000) >= 10
+    p = np.where(male == right, conf, 1 - conf)  # p > 0.5 exactly when (male and right) or (female and wrong)
+    members = np.column_stack([p, p, p])
+    members[10:60, 0] = 1 - p[10:60]  # one member on the other side for 50 right files
+    F = pd.DataFrame({"gender": np.where(male, "male", "female"), "p_ensemble": p, "speech_s": 5.0,
+                      "p_a": members[:, 0], "p_b": members[:, 1], "p_c": members[:, 2]})
+    op = choose_operating_point(F, ["a", "b", "c"], target=0.995)
+    assert 0.9 < op["confidence_threshold"] <= 0.91
+    assert op["disagreement"] == max(DISAGREEMENT_GRID)
+    label, reason = decide(p, members, F["speech_s"], confidence_threshold=op["confidence_threshold"],
+                           disagreement=op["disagreement"], min_speech_s=1.0)
+    assert (label[:10] == "uncertain").all() and set(reason[:10]) == {"low_confidence"}
+    # the strongest split (0.0 vs 1.0) is still "members disagree" at any spread on the grid
+    label, reason = decide([0.9], [[0.0, 1.0, 0.95]], [5.0], confidence_threshold=0.5,
+                           disagreement=max(DISAGREEMENT_GRID), min_speech_s=1.0)
+    assert reason[0] == "members_disagree"

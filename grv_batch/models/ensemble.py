@@ -160,21 +160,57 @@ class Ensemble:
             p = 0.5
         row["p_male"] = p
         row["confidence"] = float(max(p, 1 - p))
-        member_p = np.array([row[c] for c in cols], dtype=np.float64)
-        member_p = member_p[np.isfinite(member_p)]
-        split = len(member_p) > 1 and (member_p > 0.5).any() and (member_p <= 0.5).any()
-        spread = float(member_p.max() - member_p.min()) if len(member_p) else 0.0
-        if n_windows == 0 or total_speech < params.min_speech_s:
-            label, reason = "uncertain", "too_little_speech"
-        elif split and spread > dis:
-            label, reason = "uncertain", "members_disagree"
-        elif row["confidence"] < thr:
-            label, reason = "uncertain", "low_confidence"
-        else:
-            label, reason = ("male" if p > 0.5 else "female"), None
-        row["label"] = label
-        row["reason"] = reason
+        member_p = np.array([[row[c] for c in cols]], dtype=np.float64)
+        # no windows at all is too little speech whatever min_speech_s is
+        label, reason = decide(np.array([p]), member_p, np.array([total_speech if n_windows else -np.inf]),
+                               confidence_threshold=thr, disagreement=dis, min_speech_s=params.min_speech_s)
+        row["label"] = str(label[0])
+        row["reason"] = reason[0]
         return row
+
+
+def decide(p_male, member_p, speech_s, *, confidence_threshold: float, disagreement: float,
+           min_speech_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """The ``label`` and ``reason`` of each file, from its pooled probabilities.
+
+    The one rule used at inference (:meth:`Ensemble.combine_file`) and when training measures
+    coverage and chooses the operating point, so the two cannot drift apart.
+
+    Parameters
+    ----------
+    p_male : array-like
+        Shape ``(n,)``, the ensemble's calibrated probability.
+    member_p : array-like
+        Shape ``(n, n_members)``, each member's calibrated probability (NaN: no output).
+    speech_s : array-like
+        Shape ``(n,)``, seconds of detected speech.
+
+    Returns
+    -------
+    label : numpy.ndarray
+        Shape ``(n,)``, ``female``, ``male`` or ``uncertain``.
+    reason : numpy.ndarray
+        Shape ``(n,)``, object: ``too_little_speech``, ``members_disagree``, ``low_confidence``
+        (checked in this order) or None.
+    """
+    p = np.asarray(p_male, dtype=np.float64).reshape(-1)
+    P = np.asarray(member_p, dtype=np.float64).reshape(len(p), -1)
+    speech = np.nan_to_num(np.asarray(speech_s, dtype=np.float64).reshape(-1), nan=0.0)
+    finite = np.isfinite(P)
+    with np.errstate(invalid="ignore"):
+        # members take opposite sides (only finite outputs count) and their spread is large
+        split = (finite.sum(axis=1) > 1) & ((P > 0.5) & finite).any(axis=1) & ((P <= 0.5) & finite).any(axis=1)
+        spread = np.where(finite.any(axis=1),
+                          np.nanmax(np.where(finite, P, -np.inf), axis=1) - np.nanmin(np.where(finite, P, np.inf), axis=1),
+                          0.0)
+    short = speech < min_speech_s
+    disagree = ~short & split & (spread > disagreement)
+    low = ~short & ~disagree & (np.maximum(p, 1 - p) < confidence_threshold)
+    label = np.where(p > 0.5, "male", "female").astype(object)
+    label[short | disagree | low] = "uncertain"
+    reason = np.full(len(p), None, dtype=object)
+    reason[short], reason[disagree], reason[low] = "too_little_speech", "members_disagree", "low_confidence"
+    return label, reason
 
 
 _CACHE: dict = {}
