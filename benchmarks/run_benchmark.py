@@ -740,6 +740,19 @@ def render_table(res: dict) -> str:
                          f"{r['x_in_run']:,.0f}x (its own wall {r['timings'].get('wall_s', 0):.1f} s, "
                          f"excluding interpreter and import start-up); "
                          f"{r['n_processes']} processes sampled, {r['n_error']} error rows.")
+    steady = [r for r in runs if r.get("timings", {}).get("task_wall_s")]
+    if len(steady) > 1:
+        # the part of a run that grows with the corpus: batches on running workers, without the
+        # fixed start-up (interpreter, cluster, TensorFlow import and model load) and the report
+        lo, hi = steady[0], steady[-1]
+        scale = (hi["workers"] * lo["timings"]["task_wall_s"]) / (lo["workers"] * hi["timings"]["task_wall_s"])
+        extra.append(
+            "Batch work alone (the sum of every batch's own wall time on its worker, `_run.json` "
+            "`task_wall_s`: no interpreter, cluster or TensorFlow start-up, no report): "
+            + ", ".join(f"{r['workers']} worker(s) {r['timings']['task_wall_s']:.1f} s "
+                        f"({r['audio_s'] / r['timings']['task_wall_s']:,.0f}x per worker)" for r in steady)
+            + f"; {lo['workers']} -> {hi['workers']} workers would scale by **{scale:.2f}x** on a corpus "
+            "long enough for the fixed start-up to vanish.")
     phased = [r for r in runs if r.get("timings", {}).get("phases")]
     if phased:
         extra.append("Where each run's wall time went (command start to exit; `_run.json` phases): "

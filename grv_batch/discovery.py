@@ -19,13 +19,17 @@ import pandas as pd
 from grv_batch import storage
 from grv_batch._params import Params
 
-DEFAULT_PATTERNS = ("*.wav", "*.flac", "*.ogg", "*.oga", "*.mp3", "*.aif", "*.aiff", "*.aifc",
-                    "*.sph", "*.nist")
+DEFAULT_PATTERNS = ("*.wav", "*.flac", "*.ogg", "*.oga", "*.opus", "*.mp3", "*.aif", "*.aiff", "*.aifc",
+                    "*.sph", "*.nist", "*.caf", "*.au",
+                    # through PyAV (FFmpeg): see grv_batch.stages.decode.AV_EXTENSIONS
+                    "*.m4a", "*.m4b", "*.mp4", "*.aac", "*.webm", "*.mka", "*.mkv", "*.wma", "*.3gp", "*.amr")
 
 #: Rough bytes per second of audio by extension, used only to balance batches before decoding.
 _BYTES_PER_SECOND = {".wav": 32_000, ".flac": 18_000, ".ogg": 10_000, ".oga": 10_000,
                      ".mp3": 16_000, ".aif": 32_000, ".aiff": 32_000, ".aifc": 32_000,
-                     ".sph": 32_000, ".nist": 32_000}
+                     ".sph": 32_000, ".nist": 32_000, ".opus": 4_000, ".caf": 32_000, ".au": 32_000,
+                     ".m4a": 16_000, ".m4b": 8_000, ".mp4": 16_000, ".aac": 16_000, ".webm": 8_000,
+                     ".mka": 16_000, ".mkv": 16_000, ".wma": 16_000, ".3gp": 2_000, ".amr": 1_600}
 
 
 class InputParams(Params):

@@ -72,3 +72,22 @@ def voice(dur_s: float, sr: int = 16000, f0: float = 120.0, seed: int = 0) -> np
         total += seg.size + int(0.15 * sr)
     y = np.concatenate(out)[:n]
     return (y + noise(dur_s, sr, amp=0.002, seed=seed)[:n]).astype(np.float32)
+
+
+def write_av(path, data: np.ndarray, sr: int, codec: str = "aac") -> None:
+    """Encode ``data`` (``(n,)`` or ``(n, channels)`` float) with PyAV (FFmpeg), e.g. AAC in an
+    ``.m4a`` or Opus in a ``.webm``; the container follows the file name."""
+    import av
+
+    data = np.asarray(data, dtype=np.float32)
+    data = data[:, None] if data.ndim == 1 else data
+    layout = "mono" if data.shape[1] == 1 else "stereo"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=sr)
+        stream.layout = layout
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data.T), format="fltp", layout=layout)
+        frame.sample_rate = sr
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)

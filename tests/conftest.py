@@ -14,6 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+from _audio import write_av
+
+#: test-corpus extensions written (and read back) through PyAV, with their codec
+AV_CODECS = {"m4a": "aac", "webm": "libopus"}
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +94,7 @@ def make_mixed_corpus(root: Path, *, n_voices: int = 8, broken: bool = True,
     root.mkdir(parents=True, exist_ok=True)
     rows = []
     kinds = [("flac", 16000, 1), ("wav", 44100, 2), ("ogg", 22050, 1), ("mp3", 48000, 1),
-             ("wav", 8000, 1), ("flac", 32000, 2)]
+             ("wav", 8000, 1), ("flac", 32000, 2), ("m4a", 44100, 2), ("webm", 48000, 1)]
     for i in range(n_voices):
         gender = "female" if i % 2 == 0 else "male"
         f0, formants = FEMALE if gender == "female" else MALE
@@ -99,7 +103,10 @@ def make_mixed_corpus(root: Path, *, n_voices: int = 8, broken: bool = True,
         data = np.stack([y, 0.8 * y], axis=1) if channels == 2 else y
         rel = f"spk{i:02d}/clip.{ext}"
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        sf.write(root / rel, data, sr, format=ext.upper() if ext != "ogg" else "OGG")
+        if ext in AV_CODECS:  # containers libsndfile cannot write (nor read): PyAV
+            write_av(root / rel, data, sr, AV_CODECS[ext])
+        else:
+            sf.write(root / rel, data, sr, format=ext.upper() if ext != "ogg" else "OGG")
         rows.append({"path": rel, "speaker_id": f"spk{i:02d}", "gender": gender,
                      "condition": "clean" if i % 3 else "phone"})
     if broken:
@@ -113,6 +120,10 @@ def make_mixed_corpus(root: Path, *, n_voices: int = 8, broken: bool = True,
         wav = (root / rows[1]["path"]).read_bytes()
         (bad / "truncated.wav").write_bytes(wav[: len(wav) // 2])
         sf.write(bad / "header_only.wav", np.zeros((0,), np.float32), 16000)
+        write_av(bad / "full.m4a", _voice(*FEMALE, 16000, 2.0, rng), 16000)
+        blob = (bad / "full.m4a").read_bytes()
+        (bad / "full.m4a").unlink()
+        (bad / "truncated.m4a").write_bytes(blob[: len(blob) // 2])  # its index (moov) is at the end
         sf.write(bad / "silence.wav", np.zeros(3 * 16000, np.float32), 16000)
         click = np.zeros(int(0.01 * 16000), np.float32)
         click[10:20] = 0.9
@@ -121,7 +132,7 @@ def make_mixed_corpus(root: Path, *, n_voices: int = 8, broken: bool = True,
         nan[100:200] = np.nan
         sf.write(bad / "nan.wav", nan, 16000, subtype="FLOAT")
         for name in ("empty.wav", "text.wav", "truncated.flac", "truncated.wav", "header_only.wav", "silence.wav",
-                     "click.wav", "nan.wav"):
+                     "click.wav", "nan.wav", "truncated.m4a"):
             rows.append({"path": f"broken/{name}", "speaker_id": None, "gender": None,
                          "condition": "broken"})
     meta = root / "metadata.csv"

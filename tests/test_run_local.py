@@ -22,6 +22,7 @@ BROKEN_REASONS = {
     "broken/header_only.wav": "no audio",
     "broken/nan.wav": "non-finite",
     "broken/truncated.wav": "truncated",
+    "broken/truncated.m4a": "not a readable audio file",
 }
 
 
@@ -48,6 +49,9 @@ def test_mixed_corpus_every_file_exactly_once(mixed_corpus, tmp_path):
     assert stereo["channels"] == 2 and stereo["sample_rate"] == 44100
     assert by_path.loc["spk03/clip.mp3", "sample_rate"] == 48000
     assert by_path.loc["spk04/clip.wav", "sample_rate"] == 8000
+    m4a, webm = by_path.loc["spk06/clip.m4a"], by_path.loc["spk07/clip.webm"]
+    assert (m4a["channels"], m4a["sample_rate"], webm["sample_rate"]) == (2, 44100, 48000)
+    assert m4a["duration_s"] >= 3.0 and webm["duration_s"] >= 3.0  # encoder delay may add a little
 
     ok_ids = set(files.loc[files["status"] == "ok", "file_id"])
     features = read_table(out, "features")

@@ -419,3 +419,57 @@ def test_channel_selection_keeps_one_talker(tmp_path: Path) -> None:
     np.testing.assert_allclose(np.concatenate(list(iter_blocks(mono, DecodeParams(channel=1)))), left, atol=1e-4)
     with pytest.raises(ValidationError):
         DecodeParams(channel="left")
+
+
+# --- containers libsndfile cannot read, through PyAV (FFmpeg) ------------------------------------
+
+def _peak_hz(y: np.ndarray, sr: int) -> float:
+    spec = np.abs(np.fft.rfft(y * np.hanning(y.size)))
+    return float(np.argmax(spec) * sr / y.size)
+
+
+@pytest.mark.parametrize("ext,codec,sr", [("m4a", "aac", 44100), ("webm", "libopus", 48000),
+                                          ("mp4", "aac", 22050)])
+def test_av_containers_decode_with_rate_channels_and_pitch(tmp_path: Path, ext, codec, sr) -> None:
+    """A 220 Hz tone on the left channel only: the stereo mix-down halves it, channel 1 is quiet."""
+    from _audio import write_av
+
+    path = tmp_path / f"tone.{ext}"
+    left = tone(220.0, 2.0, sr=sr)
+    write_av(path, np.stack([left, np.zeros_like(left)], axis=1), sr, codec)
+    info = probe(path)
+    assert info.format.startswith("FFMPEG:") and info.sample_rate == sr and info.channels == 2
+    y = _read_all(path)
+    # lossy encoders add a priming delay and pad the last frame: never less than was written
+    assert 2.0 * sr <= y.size <= 2.0 * sr + 4096
+    mid = y[sr // 2: sr // 2 + sr]
+    assert _peak_hz(mid, sr) == pytest.approx(220.0, abs=2.0)
+    assert np.sqrt(np.mean(mid ** 2)) == pytest.approx(0.5 / np.sqrt(2) / 2, rel=0.1)
+    quiet = np.concatenate(list(iter_blocks(path, DecodeParams(channel=1))))
+    assert np.sqrt(np.mean(quiet[sr // 2: sr // 2 + sr] ** 2)) < 0.01
+
+
+def test_av_blocks_are_bounded_and_file_objects_work(tmp_path: Path) -> None:
+    from _audio import write_av
+
+    path = tmp_path / "v.m4a"
+    write_av(path, voice(5.0, sr=SR), SR)
+    blocks = list(iter_blocks(path, DecodeParams(block_s=1.0)))
+    assert all(b.size == SR for b in blocks[:-1]) and 0 < blocks[-1].size <= SR
+    with open(path, "rb") as f:
+        assert probe(f).sample_rate == SR
+
+
+def test_av_corrupt_and_truncated_are_decode_errors(tmp_path: Path) -> None:
+    from _audio import write_av
+
+    junk = tmp_path / "junk.m4a"
+    junk.write_bytes(os.urandom(5000))
+    with pytest.raises(DecodeError, match="not a readable audio file"):
+        probe(junk)
+    good = tmp_path / "good.m4a"
+    write_av(good, voice(3.0, sr=SR), SR)
+    cut = tmp_path / "cut.m4a"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])  # the index (moov) is at the end
+    with pytest.raises(DecodeError, match="not a readable audio file"):
+        list(iter_blocks(cut))

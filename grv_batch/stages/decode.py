@@ -1,4 +1,9 @@
-"""Decoding audio with soundfile, block by block, with user-readable errors.
+"""Decoding audio with soundfile (libsndfile), or PyAV (FFmpeg) for what libsndfile cannot read,
+block by block, with user-readable errors.
+
+libsndfile reads WAV, FLAC, MP3, Ogg Vorbis/Opus, AIFF, NIST and more; the containers it cannot
+read (M4A/MP4 with AAC or ALAC, WebM, Matroska, WMA, ADTS AAC: the usual formats of downloaded or
+recorded interviews) go through PyAV. Both paths give the same float32 blocks.
 
 Audio is never held whole: :func:`iter_blocks` yields mono float32 blocks of ``block_s`` seconds at the
 native sample rate, so a two-hour recording costs one block of memory here. Every failure mode we know
@@ -27,8 +32,13 @@ Source = Union[str, "os.PathLike[str]", IO[bytes]]
 __all__ = ["AudioInfo", "DecodeError", "DecodeParams", "iter_blocks", "probe"]
 
 # Formats whose frame count libsndfile derives from a bitrate estimate (VBR MP3) rather than a header
-# field; for these a short read is not evidence of truncation.
+# field, and every container decoded by PyAV (durations from the container, encoder delay and
+# padding included or not): for these a short read is not evidence of truncation.
 _INEXACT_FRAME_FORMATS = {"MP3", "OGG"}
+_AV_FORMAT_PREFIX = "FFMPEG:"
+
+#: Extensions that libsndfile cannot read: opened with PyAV directly.
+AV_EXTENSIONS = (".m4a", ".mp4", ".m4b", ".aac", ".webm", ".mkv", ".mka", ".wma", ".3gp", ".amr")
 
 # libsndfile's header log for a RIFF/AIFF file cut short: "data : 64000 (should be 31978)".
 _CHUNK_SIZE_LOG = re.compile(r"^\s*(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
@@ -104,9 +114,104 @@ def _check_size(source: Any) -> None:
         raise DecodeError("empty file (0 bytes)")
 
 
+class _AVFile:
+    """The part of ``soundfile.SoundFile`` that this module uses, over PyAV (FFmpeg) decoding.
+
+    Samples are decoded frame by frame as packed float32 and buffered only up to the size of the
+    next ``read``, so memory stays bounded like libsndfile's.
+    """
+
+    def __init__(self, source: Source):
+        import av
+
+        self._av = av
+        if not _is_path(source):
+            source.seek(0)
+        try:
+            self._container = av.open(os.fspath(source) if _is_path(source) else source, "r")
+        except av.error.FFmpegError as exc:
+            raise DecodeError(f"not a readable audio file: {_av_reason(exc)}") from exc
+        streams = self._container.streams.audio
+        if not streams:
+            self._container.close()
+            raise DecodeError("not a readable audio file: no audio stream")
+        self._stream = stream = streams[0]
+        ctx = stream.codec_context
+        self.samplerate = int(ctx.sample_rate or stream.rate or 0)
+        self.channels = int(ctx.channels or 0)
+        if stream.duration is not None and stream.time_base is not None:
+            seconds = float(stream.duration * stream.time_base)
+        elif self._container.duration is not None:
+            seconds = self._container.duration / 1_000_000  # FFmpeg's AV_TIME_BASE
+        else:
+            seconds = 0.0
+        self.frames = int(round(seconds * self.samplerate))
+        self.format = _AV_FORMAT_PREFIX + self._container.format.name.split(",")[0].upper()
+        self.subtype = ctx.name.upper()
+        self.extra_info = ""
+        self._frames = self._container.decode(stream)
+        self._resampler = None
+        self._pending: list[np.ndarray] = []
+        self._pending_n = 0
+
+    def _next_frame(self) -> np.ndarray | None:
+        av = self._av
+        try:
+            frame = next(self._frames)
+        except StopIteration:
+            return None
+        except av.error.FFmpegError as exc:
+            raise RuntimeError(_av_reason(exc)) from exc
+        if self._resampler is None:
+            # packed float32 at the stream's own rate and channel layout: a format change only
+            self._resampler = av.AudioResampler(format="flt", layout=frame.layout, rate=frame.sample_rate)
+        out = []
+        for f in self._resampler.resample(frame):
+            out.append(f.to_ndarray().reshape(-1, self.channels))
+        return np.concatenate(out) if out else np.zeros((0, self.channels), np.float32)
+
+    def read(self, frames: int, dtype: str = "float32", always_2d: bool = True) -> np.ndarray:
+        while self._pending_n < frames:
+            data = self._next_frame()
+            if data is None:
+                break
+            self._pending.append(data)
+            self._pending_n += data.shape[0]
+        if not self._pending:
+            return np.zeros((0, self.channels), np.float32)
+        buf = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+        out, rest = buf[:frames], buf[frames:]
+        self._pending, self._pending_n = ([rest], rest.shape[0]) if rest.shape[0] else ([], 0)
+        return out.astype(dtype, copy=False)
+
+    def close(self) -> None:
+        self._container.close()
+
+
+def _av_reason(exc: Exception) -> str:
+    reason = getattr(exc, "strerror", None) or str(exc)
+    if "nvalid data" in reason:
+        reason = "format not recognised or data corrupt"
+    return reason
+
+
+def _uses_av(source: Source) -> bool:
+    name = os.fspath(source) if _is_path(source) else getattr(source, "path", getattr(source, "name", ""))
+    return str(name).lower().endswith(AV_EXTENSIONS)
+
+
 @contextmanager
 def _open(source: Source) -> Iterator[sf.SoundFile]:
     _check_size(source)
+    if _uses_av(source):
+        f = _AVFile(source)
+        try:
+            if f.samplerate <= 0 or f.channels <= 0:
+                raise DecodeError("not a readable audio file: invalid sample rate or channel count")
+            yield f
+        finally:
+            f.close()
+        return
     try:
         f = sf.SoundFile(source, "r")
     except PermissionError as exc:
@@ -150,6 +255,10 @@ def _check_not_cut(f: sf.SoundFile) -> None:
     )
 
 
+def _inexact(fmt: str) -> bool:
+    return fmt in _INEXACT_FRAME_FORMATS or fmt.startswith(_AV_FORMAT_PREFIX)
+
+
 def _info(f: sf.SoundFile) -> AudioInfo:
     frames = max(int(f.frames), 0)
     return AudioInfo(
@@ -181,7 +290,7 @@ def probe(source: Source) -> AudioInfo:
     """
     with _open(source) as f:
         info = _info(f)
-    if info.frames == 0 and info.format not in _INEXACT_FRAME_FORMATS:
+    if info.frames == 0 and not _inexact(info.format):
         raise DecodeError("no audio samples (header only)")
     return info
 
@@ -224,7 +333,7 @@ def iter_blocks(source: Source, params: DecodeParams | None = None) -> Iterator[
             while got < block:
                 try:
                     data = f.read(min(piece, block - got), dtype="float32", always_2d=True)
-                except (sf.LibsndfileError, RuntimeError) as exc:
+                except (sf.LibsndfileError, RuntimeError) as exc:  # RuntimeError: PyAV's, re-raised
                     raise DecodeError(
                         f"truncated or corrupt audio after {(done + got) / sr:.1f} s: {exc}"
                     ) from exc
@@ -250,7 +359,7 @@ def iter_blocks(source: Source, params: DecodeParams | None = None) -> Iterator[
         raise DecodeError("no audio samples (header only)")
     # A lossless container that promised more frames than it delivered was cut short; libsndfile
     # reads such files silently up to the cut, so we check the count ourselves.
-    if info.format not in _INEXACT_FRAME_FORMATS and done < info.frames:
+    if not _inexact(info.format) and done < info.frames:
         raise DecodeError(
             f"truncated or corrupt audio after {done / sr:.1f} s: header promises "
             f"{info.frames / sr:.1f} s"
