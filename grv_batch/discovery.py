@@ -18,11 +18,12 @@ import pandas as pd
 
 from grv_batch import storage
 from grv_batch._params import Params
+from grv_batch.stages.decode import AV_EXTENSIONS
 
 DEFAULT_PATTERNS = ("*.wav", "*.flac", "*.ogg", "*.oga", "*.opus", "*.mp3", "*.aif", "*.aiff", "*.aifc",
                     "*.sph", "*.nist", "*.caf", "*.au",
-                    # through PyAV (FFmpeg): see grv_batch.stages.decode.AV_EXTENSIONS
-                    "*.m4a", "*.m4b", "*.mp4", "*.aac", "*.webm", "*.mka", "*.mkv", "*.wma", "*.3gp", "*.amr")
+                    # the containers decoded through PyAV (FFmpeg)
+                    *(f"*{ext}" for ext in AV_EXTENSIONS))
 
 #: Rough bytes per second of audio by extension, used only to balance batches before decoding.
 _BYTES_PER_SECOND = {".wav": 32_000, ".flac": 18_000, ".ogg": 10_000, ".oga": 10_000,

@@ -38,7 +38,7 @@ _INEXACT_FRAME_FORMATS = {"MP3", "OGG"}
 _AV_FORMAT_PREFIX = "FFMPEG:"
 
 #: Extensions that libsndfile cannot read: opened with PyAV directly.
-AV_EXTENSIONS = (".m4a", ".mp4", ".m4b", ".aac", ".webm", ".mkv", ".mka", ".wma", ".3gp", ".amr")
+AV_EXTENSIONS = (".m4a", ".m4b", ".mp4", ".aac", ".webm", ".mka", ".mkv", ".wma", ".3gp", ".amr")
 
 # libsndfile's header log for a RIFF/AIFF file cut short: "data : 64000 (should be 31978)".
 _CHUNK_SIZE_LOG = re.compile(r"^\s*(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
@@ -200,20 +200,9 @@ def _uses_av(source: Source) -> bool:
     return str(name).lower().endswith(AV_EXTENSIONS)
 
 
-@contextmanager
-def _open(source: Source) -> Iterator[sf.SoundFile]:
-    _check_size(source)
-    if _uses_av(source):
-        f = _AVFile(source)
-        try:
-            if f.samplerate <= 0 or f.channels <= 0:
-                raise DecodeError("not a readable audio file: invalid sample rate or channel count")
-            yield f
-        finally:
-            f.close()
-        return
+def _open_sndfile(source: Source) -> sf.SoundFile:
     try:
-        f = sf.SoundFile(source, "r")
+        return sf.SoundFile(source, "r")
     except PermissionError as exc:
         raise DecodeError("cannot open: permission denied") from exc
     except sf.LibsndfileError as exc:
@@ -226,10 +215,16 @@ def _open(source: Source) -> Iterator[sf.SoundFile]:
         raise DecodeError(f"not a readable audio file: {reason}") from exc
     except (RuntimeError, TypeError, ValueError) as exc:
         raise DecodeError(f"not a readable audio file: {exc}") from exc
+
+
+@contextmanager
+def _open(source: Source) -> Iterator[sf.SoundFile]:
+    _check_size(source)
+    f = _AVFile(source) if _uses_av(source) else _open_sndfile(source)
     try:
         if f.samplerate <= 0 or f.channels <= 0:
             raise DecodeError("not a readable audio file: invalid sample rate or channel count")
-        _check_not_cut(f)
+        _check_not_cut(f)  # PyAV files have no libsndfile header log: a no-op for them
         yield f
     finally:
         f.close()
