@@ -92,7 +92,11 @@ def dask_client(execution, *, console=None) -> Iterator[Any]:
     import logging
     import warnings
 
-    with warnings.catch_warnings():
+    import dask
+
+    # Nannies hand their configuration to the worker processes they start, so this reaches them.
+    profiling = {"distributed.worker.profile.enabled": execution.worker_profiling}
+    with warnings.catch_warnings(), dask.config.set(profiling):
         # A busy dashboard port is not a problem: Dask picks another and we print the real link.
         warnings.filterwarnings("ignore", message="Port .* is already in use")
         cluster = LocalCluster(n_workers=workers, threads_per_worker=execution.threads_per_worker,

@@ -53,6 +53,10 @@ class ExecutionParams(Params):
         Times a failed task is retried (transient storage errors).
     dashboard_address
         Where the local cluster's dashboard listens.
+    worker_profiling
+        Dask's statistical profiler in local workers (it samples every worker thread's stack every
+        10 ms for the dashboard's *Profile* page). Off by default: it took 3-5% of throughput in
+        ``docs/performance.md``. Workers of a named scheduler keep their own configuration.
     """
 
     scheduler: str | None = None
@@ -63,6 +67,7 @@ class ExecutionParams(Params):
     max_files_per_batch: int = Field(default=200, ge=1)
     retries: int = Field(default=2, ge=0)
     dashboard_address: str = ":8787"
+    worker_profiling: bool = False
 
 
 class OutputParams(Params):

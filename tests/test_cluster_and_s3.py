@@ -86,3 +86,16 @@ def test_bucket_in_bucket_out_and_no_secret_anywhere(tmp_path, moto_server):
     assert SECRET not in again.stdout + again.stderr
     fs.invalidate_cache()
     assert fs.exists("out-bucket/run1/report/report.html")
+
+
+@pytest.mark.parametrize("profiling", [False, True])
+def test_local_cluster_workers_get_the_profiling_setting(profiling):
+    import dask
+
+    from grv_batch.runner import dask_client
+    from grv_batch.spec import ExecutionParams
+
+    execution = ExecutionParams(workers=1, worker_profiling=profiling, dashboard_address=":0")
+    with dask_client(execution) as client:
+        seen = client.run(lambda: dask.config.get("distributed.worker.profile.enabled"))
+    assert list(seen.values()) == [profiling]
