@@ -237,3 +237,22 @@ def test_a_file_that_kills_every_worker_becomes_an_error_row(tmp_path):
     assert read_table(out, "predictions")["file_id"].is_unique
     run = json.loads((out / "_run.json").read_text())
     assert run["counts"]["n_error"] == 1
+
+
+def test_worker_start_up_skips_what_keras_only_might_use():
+    """A worker imports TensorFlow without Keras's optional matplotlib and scikit-learn (0.7 s per
+    worker), still loads the shipped bundle in safe mode, and can import both afterwards."""
+    code = (
+        "import sys\n"
+        "from grv_batch.pipeline import KERAS_OPTIONAL_IMPORTS, _prepare_worker\n"
+        "_prepare_worker()\n"
+        "assert 'tensorflow' in sys.modules\n"
+        "assert not set(KERAS_OPTIONAL_IMPORTS) & set(sys.modules), sorted(sys.modules)\n"
+        "from grv_batch.models import load_ensemble\n"
+        "print(load_ensemble().members)\n"
+        "import sklearn.linear_model, matplotlib\n"
+    )
+    proc = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert proc.returncode == 0, proc.stderr
+    assert "cv_mel" in proc.stdout
