@@ -48,6 +48,10 @@ class InputParams(Params):
     exclude: list[str] = []
 
 
+#: ``gender`` values read as "no ground truth" (after trimming and lowercasing).
+NO_GROUND_TRUTH = ("", "unknown", "other", "na", "n/a", "none")
+
+
 class InputError(Exception):
     """INPUT or metadata is unusable; the message is a one-line reason for the user."""
 
@@ -176,10 +180,14 @@ def load_metadata(url: str, *, input_url: str | None = None,
         shown = ", ".join(dupes[:3]) + (" ..." if len(dupes) > 3 else "")
         raise InputError(f"metadata {url} lists {len(dupes)} path(s) more than once: {shown}")
     if "gender" in frame.columns:
-        frame["gender"] = frame["gender"].astype("string").str.strip().str.lower()
-        bad = sorted(set(frame["gender"].dropna()) - {"female", "male"})
-        if bad:
-            raise InputError(f"metadata {url}: column 'gender' must be 'female' or 'male', found {bad[:5]}")
+        gender = frame["gender"].astype("string").str.strip().str.lower()
+        # the usual ways of saying "not known / not binary": no ground truth for a binary model
+        gender = gender.mask(gender.isin(NO_GROUND_TRUTH))
+        bad = sorted(set(gender.dropna()) - {"female", "male"})
+        if bad:  # a typo or another coding scheme would silently lose the ground truth
+            raise InputError(f"metadata {url}: column 'gender' must be 'female' or 'male' (or empty, "
+                             f"'unknown', 'other' for no ground truth), found {bad[:5]}")
+        frame["gender"] = gender
     if "speaker_id" in frame.columns:
         frame["speaker_id"] = frame["speaker_id"].astype("string")
     return frame.reset_index(drop=True)

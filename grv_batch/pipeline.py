@@ -88,12 +88,13 @@ class _FileResult:
     window_preds: list[np.ndarray] = field(default_factory=list)  # one row of PRED_COLUMNS each
 
 
-def features_schema() -> pa.Schema:
-    """Schema of the ``features`` table: file id, scalar features, then the 128 mel means."""
-    from grv_batch.features import FEATURE_COLUMNS
+def features_schema(n_mfcc: int = 20) -> pa.Schema:
+    """Schema of the ``features`` table: file id, scalar features for ``n_mfcc`` coefficients
+    (``features.n_mfcc`` of the job), then the 128 mel means."""
+    from grv_batch.features import feature_columns
 
     return pa.schema([("file_id", pa.string())]
-                     + [(c, pa.float64()) for c in FEATURE_COLUMNS]
+                     + [(c, pa.float64()) for c in feature_columns(n_mfcc)]
                      + [("mel128", pa.list_(pa.float32(), 128))])
 
 
@@ -358,7 +359,7 @@ def process_batch(task: BatchTask, *, job, layout: OutputLayout,
     shard = f"part-{task.shard}.parquet"
     tables = {
         "files": pa.Table.from_pylist(files_rows, schema=FILES_SCHEMA),
-        "features": pa.Table.from_pylist(feature_rows, schema=features_schema()),
+        "features": pa.Table.from_pylist(feature_rows, schema=features_schema(job.features.n_mfcc)),
         "predictions": pa.Table.from_pylist(
             prediction_rows, schema=predictions_schema(layout.member_names, layout.metadata_schema)),
     }

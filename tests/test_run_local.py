@@ -114,7 +114,7 @@ def test_tables_readable_by_pandas_pyarrow_and_duckdb(mixed_corpus, tmp_path):
     assert predictions["speaker_id"].isna().all()
 
 
-def test_speakers_from_path_pattern_and_long_recordings_in_windows(tmp_path, voice):
+def test_job_file_speaker_pattern_mfcc_count_and_long_recordings(tmp_path, voice):
     import numpy as np
     import soundfile as sf
 
@@ -125,7 +125,7 @@ def test_speakers_from_path_pattern_and_long_recordings_in_windows(tmp_path, voi
     long = voice(*MALE, 16000, 100.0, np.random.default_rng(1))  # 100 s: four 30 s windows
     sf.write(corpus / "spk01" / "long.flac", long, 16000)
     job = tmp_path / "job.toml"
-    job.write_text('[speakers]\nfrom_path = "^(?P<speaker>spk\\\\d+)/"\n')
+    job.write_text('[speakers]\nfrom_path = "^(?P<speaker>spk\\\\d+)/"\n[features]\nn_mfcc = 13\n')
     out = tmp_path / "out"
     grv("run", str(corpus), "--out", str(out), "--job", str(job), "--workers", "1", "--no-progress")
     speakers = read_table(out, "speakers")
@@ -136,6 +136,11 @@ def test_speakers_from_path_pattern_and_long_recordings_in_windows(tmp_path, voi
     assert abs(files.loc["spk01/long.flac", "duration_s"] - 100.0) < 0.1
     predictions = read_table(out, "predictions").set_index("path")
     assert predictions.loc["spk01/long.flac", "n_windows"] == files.loc["spk01/long.flac", "n_windows"]
+    # the features table has the job's MFCC count: 13 coefficients, all filled, and no 14th
+    features = read_table(out, "features")
+    assert {"mfcc_13_mean", "dmfcc_13_std"} <= set(features.columns)
+    assert not any(c.startswith(("mfcc_14", "dmfcc_14")) for c in features.columns)
+    assert features["mfcc_13_mean"].notna().all()
 
 
 @pytest.mark.parametrize("problem, message", [

@@ -136,6 +136,8 @@ def test_metadata_problems_stop_the_run(tmp_path):
     meta.write_text("path,gender\na.wav,woman\n")
     with pytest.raises(InputError, match="'female' or 'male'"):
         load_metadata(str(meta))
+    meta.write_text("path,gender\na.wav, Female\nb.wav,Unknown\nc.wav,other\nd.wav,\ne.wav,male\n")
+    assert load_metadata(str(meta))["gender"].tolist() == ["female", pd.NA, pd.NA, pd.NA, "male"]
     with pytest.raises(InputError, match="does not exist"):
         load_metadata(str(tmp_path / "nope.csv"))
 
