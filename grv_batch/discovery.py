@@ -205,7 +205,9 @@ def _relative_to_input(path: str, input_url: str | None) -> str:
             absolute = os.path.abspath(input_url).rstrip("/") + "/"
             if path.startswith(absolute):
                 return path[len(absolute):]
-    return path.lstrip("./") if path.startswith("./") else path
+    while path.startswith("./"):  # "./a.wav" is "a.wav"; a hidden "./.x/a.wav" stays ".x/a.wav"
+        path = path[2:]
+    return path
 
 
 @dataclass

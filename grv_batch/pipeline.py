@@ -31,6 +31,8 @@ BATCHES_DIR = "_batches"
 #: Fault injection for the test suite: a worker processing a path containing this variable's value
 #: exits at once, as if a decoder had crashed. Unset in normal use.
 FAULT_INJECTION_ENV = "GRV_BATCH_TEST_CRASH_ON"
+#: Likewise, but the task raises (as a bug or a persistent write error would) instead of dying.
+FAULT_RAISE_ENV = "GRV_BATCH_TEST_RAISE_ON"
 
 #: Windows buffered before one ensemble predict; bounds memory (a 30 s window's log-mel is ~0.8 MB).
 PREDICT_CHUNK_WINDOWS = 32
@@ -289,10 +291,12 @@ def process_batch(task: BatchTask, *, job, layout: OutputLayout,
             window.logmel = None  # the frames are no longer needed: free them now
         pending.clear()
 
-    crash_on = os.environ.get(FAULT_INJECTION_ENV)
+    crash_on, raise_on = os.environ.get(FAULT_INJECTION_ENV), os.environ.get(FAULT_RAISE_ENV)
     for audio_file, meta in zip(task.files, task.metadata, strict=True):
         if crash_on and crash_on in audio_file.path:
             os._exit(70)  # fault injection for tests: die as a decoder crash would
+        if raise_on and raise_on in audio_file.path:
+            raise RuntimeError("injected failure")  # fault injection for tests
         t0 = time.perf_counter()
         row: dict[str, Any] = {"file_id": audio_file.file_id, "path": audio_file.path,
                                "size_bytes": audio_file.size}
@@ -364,9 +368,11 @@ def process_batch(task: BatchTask, *, job, layout: OutputLayout,
             prediction_rows, schema=predictions_schema(layout.member_names, layout.metadata_schema)),
     }
     for name in SHARD_TABLES:
+        path = storage.join(out, name, shard)
         if tables[name].num_rows:
-            storage.write_parquet_atomic(fs, storage.join(out, name, shard), tables[name],
-                                         compression=layout.compression)
+            storage.write_parquet_atomic(fs, path, tables[name], compression=layout.compression)
+        elif storage.exists(fs, path):
+            fs.rm(path)  # an earlier attempt of this shard had rows here (a retry now all errors)
     record = {
         "batch_id": task.batch_id,
         "shard": task.shard,

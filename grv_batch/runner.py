@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import os
 import platform
 import time
@@ -280,6 +281,10 @@ def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | No
     secrets = plan.layout.secrets
     say = console.print if console else (lambda *a, **k: None)
     fs, out = storage.filesystem(out_url, options)
+    # _run.json means "this run completed"; it must not vouch for tables this run is about to change
+    run_file = storage.join(out, RUN_FILE)
+    if storage.exists(fs, run_file):
+        fs.rm(run_file)
     _clean_unfinished(fs, out, plan.done)
     pending = [t for t in plan.tasks if t.batch_id not in plan.done]
     phases = {"prepare_s": time.perf_counter() - started}
@@ -338,10 +343,11 @@ def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | No
 
 def _execute(client, tasks: list[BatchTask], *, job, layout: OutputLayout,
              options: Mapping[str, Any], console, progress: bool) -> list[dict[str, Any]]:
-    """Submit every task, follow them with a progress bar, and recover from dead workers.
+    """Submit every task, follow them with a progress bar, and recover from failed tasks.
 
-    A task whose workers keep dying (``KilledWorker``) is split into one task per file; a file
-    whose task still kills its worker gets an ``error`` row saying so, and the rest go on.
+    A task whose workers keep dying (``KilledWorker``) or that raises after its retries is split
+    into one task per file; a file whose task still kills its worker (or still raises) gets an
+    ``error`` row saying so, and the rest go on.
     """
     from distributed import as_completed
     from distributed.scheduler import KilledWorker
@@ -349,7 +355,8 @@ def _execute(client, tasks: list[BatchTask], *, job, layout: OutputLayout,
     if not tasks:
         return []
     futures = {}
-    key_prefix = f"grv-{job.fingerprint()}"
+    # Keys are unique per OUT: two runs of one job on a shared scheduler must not share tasks.
+    key_prefix = f"grv-{job.fingerprint()}-{hashlib.sha1(layout.out_url.encode()).hexdigest()[:8]}"
     # Longest batches first: a long recording started last would leave the other workers idle
     # at the end (the batch ids, and so resuming, do not depend on this order).
     ordered = sorted(tasks, key=lambda t: -sum(f.estimated_s for f in t.files))
@@ -370,7 +377,8 @@ def _execute(client, tasks: list[BatchTask], *, job, layout: OutputLayout,
             task = futures.pop(future)
             try:
                 record = future.result()
-            except KilledWorker:
+            except Exception as exc:  # noqa: BLE001 - one failed batch must not stop the run
+                killed = isinstance(exc, KilledWorker)
                 _remove_batch_shards(task, layout, options)  # the dead attempt may have written some
                 if len(task.files) > 1:
                     for k, (f, meta) in enumerate(zip(task.files, task.metadata, strict=True)):
@@ -384,11 +392,12 @@ def _execute(client, tasks: list[BatchTask], *, job, layout: OutputLayout,
                     split_parents[task.batch_id] = [f"{task.batch_id}.{k}"
                                                     for k in range(len(task.files))]
                     if console:
-                        console.print(f"[yellow]Workers died running batch {task.batch_id}; "
-                                      f"retrying its {len(task.files)} files one by one[/yellow]")
+                        what = "Workers died running" if killed else "Failure in"
+                        console.print(f"[yellow]{what} batch {task.batch_id}; retrying its "
+                                      f"{len(task.files)} files one by one[/yellow]")
                     continue
                 attempts[task.shard] = attempts.get(task.shard, 0) + 1
-                if attempts[task.shard] < SINGLE_FILE_ATTEMPTS:
+                if killed and attempts[task.shard] < SINGLE_FILE_ATTEMPTS:
                     # A file queued on a worker that another file killed is blamed as well; only
                     # a file that kills its worker again, on its own, is declared dead.
                     new = client.submit(process_batch, task, job=job, layout=layout,
@@ -397,10 +406,14 @@ def _execute(client, tasks: list[BatchTask], *, job, layout: OutputLayout,
                     futures[new] = task
                     completed.add(new)
                     continue
-                record = error_batch_record(
-                    task, layout=layout, storage_options=options,
-                    reason="the worker process died while processing this file, on every retry "
-                           "(it may crash the decoder or exhaust memory)")
+                if killed:
+                    reason = ("the worker process died while processing this file, on every retry "
+                              "(it may crash the decoder or exhaust memory)")
+                else:
+                    message = storage.redact_text(f"{type(exc).__name__}: {exc}", layout.secrets)
+                    reason = f"processing failed: {message[:300]}"
+                record = error_batch_record(task, layout=layout, storage_options=options,
+                                            reason=reason)
             records.append(record)
             finished = (task.shard == task.batch_id
                         or _maybe_close_parent(task.batch_id, split_parents, records, layout,
@@ -412,10 +425,11 @@ def _execute(client, tasks: list[BatchTask], *, job, layout: OutputLayout,
 
 def _remove_batch_shards(task: BatchTask, layout: OutputLayout,
                          options: Mapping[str, Any]) -> None:
-    """Delete the shards a failed attempt of ``task`` may have left, before its files run again."""
+    """Delete the shards (and completion record: the attempt may have died after writing it, before
+    reporting back) a failed attempt of ``task`` may have left, before its files run again."""
     fs, out = storage.filesystem(layout.out_url, options)
-    for name in SHARD_TABLES:
-        path = storage.join(out, name, f"part-{task.shard}.parquet")
+    paths = [storage.join(out, name, f"part-{task.shard}.parquet") for name in SHARD_TABLES]
+    for path in [*paths, storage.join(out, BATCHES_DIR, f"{task.shard}.json")]:
         if storage.exists(fs, path):
             fs.rm(path)
 

@@ -261,3 +261,59 @@ def test_worker_start_up_skips_what_keras_only_might_use():
                           timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert proc.returncode == 0, proc.stderr
     assert "cv_mel" in proc.stdout
+
+
+def test_a_batch_that_raises_is_split_and_only_the_failing_file_is_an_error(mixed_corpus, tmp_path):
+    corpus, meta = mixed_corpus
+    job = tmp_path / "job.toml"
+    job.write_text("[execution]\nbatch_audio_s = 10000.0\nretries = 0\n")  # one shared batch
+    out = tmp_path / "out"
+    proc = grv("run", str(corpus), "--out", str(out), "--metadata", str(meta), "--job", str(job),
+               "--workers", "1", "--no-progress", env={"GRV_BATCH_TEST_RAISE_ON": "spk02/"})
+    assert "one by one" in proc.stderr
+    files = read_table(out, "files")
+    assert sorted(files["path"]) == sorted(pd.read_csv(meta)["path"]) and files["file_id"].is_unique
+    failed = files[files["path"].str.startswith("spk02/")]
+    assert len(failed) >= 1 and (failed["status"] == "error").all()
+    assert failed["error"].str.contains("processing failed: RuntimeError: injected failure").all()
+    predictions = read_table(out, "predictions")
+    assert set(predictions["file_id"]) == set(files.loc[files["status"] == "ok", "file_id"])
+
+
+def test_retried_shards_leave_nothing_stale_and_a_rerun_drops_the_old_run_record(tmp_path):
+    """An attempt whose files now all fail removes the feature/prediction shards an earlier
+    attempt wrote; a failed attempt's cleanup removes its completion record too; and a run
+    starts by removing ``_run.json``, which only a completed run writes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from grv_batch.pipeline import process_batch
+    from grv_batch.runner import _remove_batch_shards, plan_run, run_job
+    from grv_batch.spec import JobSpec
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "bad.wav").write_text("not audio")
+    out = tmp_path / "out"
+    job = JobSpec()
+    plan = plan_run(str(corpus), str(out), job)
+    (task,) = plan.tasks
+    stale = [out / name / f"part-{task.shard}.parquet" for name in ("features", "predictions")]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"file_id": [task.files[0].file_id]}), path)
+    record = process_batch(task, job=job, layout=plan.layout)
+    assert record["n_error"] == 1 and not any(p.exists() for p in stale)
+    assert (out / "_batches" / f"{task.shard}.json").exists()
+    _remove_batch_shards(task, plan.layout, {})
+    assert not (out / "_batches" / f"{task.shard}.json").exists()
+    assert not (out / "files" / f"part-{task.shard}.parquet").exists()
+
+    class ClusterGone:
+        def submit(self, *args, **kwargs):
+            raise RuntimeError("scheduler unreachable")
+
+    (out / "_run.json").write_text("{}")  # as a finished earlier run left it
+    with pytest.raises(RuntimeError, match="unreachable"):
+        run_job(str(corpus), str(out), job, client=ClusterGone(), plan=plan)
+    assert not (out / "_run.json").exists()

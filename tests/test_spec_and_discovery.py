@@ -123,6 +123,9 @@ def test_metadata_paths_given_as_full_paths_are_made_relative(tmp_path):
     pd.DataFrame({"path": [str(tmp_path / "in" / "x" / "a.wav")]}).to_parquet(meta)
     frame = load_metadata(str(meta), input_url=str(tmp_path / "in"))
     assert list(frame["path"]) == ["x/a.wav"]
+    pd.DataFrame({"path": ["./x/a.wav", "./.hidden/b.wav"]}).to_parquet(meta)
+    frame = load_metadata(str(meta), input_url=str(tmp_path / "in"))
+    assert list(frame["path"]) == ["x/a.wav", ".hidden/b.wav"]
 
 
 def test_metadata_problems_stop_the_run(tmp_path):
