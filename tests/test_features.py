@@ -127,8 +127,9 @@ def test_mel128_frame_weighted_pooling(tmp_path: Path) -> None:
 
 def test_feature_columns_stable() -> None:
     assert FEATURE_COLUMNS == feature_columns(20)
-    assert len(FEATURE_COLUMNS) == len(set(FEATURE_COLUMNS)) == 23 + 80
-    assert FEATURE_COLUMNS[:4] == ("speech_s", "speech_ratio", "snr_db", "clipping_share")
+    assert len(FEATURE_COLUMNS) == len(set(FEATURE_COLUMNS)) == 24 + 80
+    assert FEATURE_COLUMNS[:5] == ("speech_s", "speech_ratio", "snr_db", "clipping_share",
+                                   "bandwidth_hz")
     assert "mfcc_01_mean" in FEATURE_COLUMNS and "dmfcc_20_std" in FEATURE_COLUMNS
     assert {"f0_p10", "f0_p50", "f0_p90", "f0_std_st", "voiced_share"} <= set(FEATURE_COLUMNS)
 
@@ -290,3 +291,28 @@ def test_channel_choice_through_analysis(tmp_path: Path) -> None:
     for channel, f0 in ((0, 120.0), (1, 220.0)):
         params = AnalysisParams(decode=DecodeParams(channel=channel))
         assert analyze_file(path, params).features["f0_p50"] == pytest.approx(f0, abs=1.5)
+
+
+def test_bandwidth_is_where_the_spectrum_ends_whatever_the_sample_rate():
+    import soxr
+    from scipy import signal
+
+    from grv_batch.features.quality import bandwidth_hz
+    from grv_batch.features.spectral import power_spectrogram
+
+    rng = np.random.default_rng(0)
+
+    def measured(y: np.ndarray) -> float:
+        return bandwidth_hz(power_spectrogram(y.astype(np.float32), 512, 160).mean(axis=1), 16000)
+
+    wideband = rng.standard_normal(3 * 16000)
+    assert measured(wideband) == 8000.0                                   # up to Nyquist
+    telephone = soxr.resample(rng.standard_normal(3 * 8000), 8000, 16000)  # 8 kHz stored at 16 kHz
+    assert 3800.0 <= measured(telephone) <= 4100.0
+    b, a = signal.butter(8, 5000, fs=16000)                               # -40 dB by ~6.2 kHz
+    assert 5000.0 < measured(signal.lfilter(b, a, wideband)) < 6500.0
+    assert math.isnan(bandwidth_hz(np.zeros(257), 16000))
+    # through the whole analysis: the same voice is narrowband from an 8 kHz source only
+    for sr, low, high in ((8000, 3000.0, 4500.0), (44100, 7000.0, 8000.0)):
+        y = voice(3.0, sr=sr, f0=150.0)
+        assert low <= analyze_window(y, sr).features["bandwidth_hz"] <= high

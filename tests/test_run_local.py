@@ -80,6 +80,12 @@ def test_mixed_corpus_every_file_exactly_once(mixed_corpus, tmp_path):
     assert run["model"]["name"] and len(run["model"]["manifest_sha256"]) == 64
     assert (out / "report" / "report.html").exists()
     assert (out / "report" / "groups.parquet").exists()
+    # the 8 kHz file is narrowband, the 44.1 kHz stereo one wideband, and the report compares them
+    bandwidth = features.set_index(files.set_index("file_id").loc[features["file_id"], "path"])
+    assert bandwidth.loc["spk04/clip.wav", "bandwidth_hz"] < 4500
+    assert bandwidth.loc["spk01/clip.wav", "bandwidth_hz"] >= 7000
+    groups = pd.read_parquet(out / "report" / "groups.parquet")
+    assert "narrowband (<4.5 kHz)" in set(groups.loc[groups["group_by"] == "bandwidth_band", "group"])
 
     # The same command again resumes: nothing is redone, nothing is duplicated.
     again = grv("run", str(corpus), "--out", str(out), "--metadata", str(meta), "--workers", "1",

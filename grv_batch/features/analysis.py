@@ -159,8 +159,9 @@ def analyze_window(
     if activity.speech_s < params.speech.min_speech_s:
         speech = speech[:0]  # too little speech to describe: speech features are NaN
 
-    feats: dict[str, float] = quality_features(raw, y_rs, sr16, activity)
     sel = power[:, speech]
+    feats: dict[str, float] = quality_features(raw, y_rs, sr16, activity,
+                                               sel.mean(axis=1) if speech.size else None)
     feats.update(spectral_features(sel, sr16, fp.n_fft))
     pitch_frames = speech[:: fp.pitch_step]
     f0, _ = yin(

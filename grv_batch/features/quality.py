@@ -6,9 +6,10 @@ import numpy as np
 
 from grv_batch.stages.speech import SpeechActivity, frame_energy_db
 
-__all__ = ["QUALITY_COLUMNS", "clipping_share", "quality_features", "snr_db"]
+__all__ = ["QUALITY_COLUMNS", "bandwidth_hz", "clipping_share", "quality_features", "snr_db"]
 
-QUALITY_COLUMNS: tuple[str, ...] = ("speech_s", "speech_ratio", "snr_db", "clipping_share")
+QUALITY_COLUMNS: tuple[str, ...] = ("speech_s", "speech_ratio", "snr_db", "clipping_share",
+                                    "bandwidth_hz")
 
 _SNR_MAX_DB = 100.0  # noise-free (synthetic) audio would otherwise give +inf
 _MIN_NOISE_FRAMES = 10
@@ -50,8 +51,51 @@ def snr_db(audio: np.ndarray, sr: int, activity: SpeechActivity, frame_s: float 
     return float(min(10 * np.log10(max(speech, 1e-30) / noise), _SNR_MAX_DB))
 
 
+def bandwidth_hz(
+    speech_spectrum: np.ndarray, sr: int, *, drop_db: float = 40.0,
+    ref_band_hz: tuple[float, float] = (300.0, 3000.0), smooth_hz: float = 250.0,
+) -> float:
+    """Effective bandwidth of the recording: the highest frequency at which the long-term speech
+    spectrum is within ``drop_db`` of its median level in the telephone band.
+
+    Narrowband (telephone) audio stays narrowband when stored at 16 kHz or more, so the sample rate
+    cannot tell; its spectrum can: above the channel's cut-off (3.4-4 kHz for telephone codecs)
+    it falls 45 dB or more below the speech band, while wideband speech stays within 30 dB up
+    to 7-8 kHz (measured on the clips of ``../shared/data`` and their telephone variants,
+    ``docs/features.md``).
+
+    Parameters
+    ----------
+    speech_spectrum : np.ndarray
+        Shape ``(n_fft // 2 + 1,)``, mean power over speech frames of a one-sided spectrogram
+        at ``sr``.
+    sr : int
+        Sample rate in Hz; the result is at most ``sr / 2``.
+
+    Returns
+    -------
+    float
+        Hz, NaN for an empty or all-zero spectrum.
+    """
+    spec = np.asarray(speech_spectrum, dtype=np.float64).reshape(-1)
+    if spec.size < 2 or not np.isfinite(spec).all() or spec.max() <= 0:
+        return float("nan")
+    freqs = np.linspace(0.0, sr / 2, spec.size)
+    level = 10 * np.log10(np.maximum(spec, spec.max() * 1e-15))
+    half = int(round(smooth_hz / freqs[1] / 2))
+    # moving average, edge-padded: zero padding would lift the (negative) dB levels at the ends
+    level = np.convolve(np.pad(level, half, mode="edge"), np.full(2 * half + 1, 1 / (2 * half + 1)),
+                        mode="valid")
+    ref_band = (freqs >= ref_band_hz[0]) & (freqs <= ref_band_hz[1])
+    if not ref_band.any():
+        return float("nan")
+    within = np.flatnonzero((level >= np.median(level[ref_band]) - drop_db) & (freqs >= ref_band_hz[0]))
+    return float(freqs[within[-1]]) if within.size else float("nan")
+
+
 def quality_features(
-    raw: np.ndarray, audio: np.ndarray, sr: int, activity: SpeechActivity
+    raw: np.ndarray, audio: np.ndarray, sr: int, activity: SpeechActivity,
+    speech_spectrum: np.ndarray | None = None,
 ) -> dict[str, float]:
     """:data:`QUALITY_COLUMNS` for one window.
 
@@ -63,10 +107,14 @@ def quality_features(
         Shape ``(n,)`` resampled, not yet denoised audio at ``sr`` (for the SNR).
     activity : SpeechActivity
         Speech activity of the processed audio.
+    speech_spectrum : np.ndarray, optional
+        Shape ``(n_fft // 2 + 1,)``, mean power over the speech frames of the processed audio's
+        spectrogram at ``sr`` (for :func:`bandwidth_hz`); None gives NaN.
     """
     return {
         "speech_s": float(activity.speech_s),
         "speech_ratio": float(activity.speech_ratio),
         "snr_db": snr_db(audio, sr, activity),
         "clipping_share": clipping_share(raw),
+        "bandwidth_hz": bandwidth_hz(speech_spectrum, sr) if speech_spectrum is not None else float("nan"),
     }

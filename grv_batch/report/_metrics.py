@@ -58,6 +58,9 @@ N_BINS = 10
 BANDS = (
     ("speech_duration_band", "speech_s", [2.0, 5.0, 15.0], ["<2 s", "2-5 s", "5-15 s", ">=15 s"], None),
     ("snr_band", "snr_db", [10.0, 20.0, 30.0], ["<10 dB", "10-20 dB", "20-30 dB", ">=30 dB"], None),
+    # telephone audio (cut off at 3.4-4 kHz) is narrowband whatever rate it is stored at
+    ("bandwidth_band", "bandwidth_hz", [4500.0, 7000.0],
+     ["narrowband (<4.5 kHz)", "4.5-7 kHz", "wideband (>=7 kHz)"], None),
     (
         "pitch_band",
         "f0_p50",

@@ -19,9 +19,18 @@ def _key(path: str, variant: str, seed: int) -> str:
     return hashlib.sha1(f"{path}|{variant}|{seed}".encode()).hexdigest()[:16]
 
 
+def _cache_file(cache, path: str, variant: str, seed: int) -> Path:
+    """Where one (clip, variant) is cached. The folder names the feature columns, because the
+    cached arrays are stored in their order: a cache of another column set is never misread."""
+    from grv_batch.features import FEATURE_COLUMNS
+
+    columns = hashlib.sha1(",".join(FEATURE_COLUMNS).encode()).hexdigest()[:8]
+    return Path(cache) / f"{variant}-{columns}" / f"{_key(path, variant, seed)}.npz"
+
+
 def _extract_one(args) -> str | None:
     path, root, variant, seed, cache = args
-    out = Path(cache) / variant / f"{_key(path, variant, seed)}.npz"
+    out = _cache_file(cache, path, variant, seed)
     if out.exists():
         return None
     import soundfile as sf
@@ -78,7 +87,7 @@ def load_windows(metadata: pd.DataFrame, cache, variant: str, *, seed: int = 0):
 
     rows, logmels = [], []
     for _, r in metadata.iterrows():
-        f = Path(cache) / variant / f"{_key(r['path'], variant, seed)}.npz"
+        f = _cache_file(cache, r["path"], variant, seed)
         if not f.exists():
             continue
         z = np.load(f, allow_pickle=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from grv_batch.features.quality import QUALITY_COLUMNS
 from grv_batch.models.members import CROP_FRAMES, CROP_HOP, member_logits
 
 #: bump when a fitting recipe changes (invalidates cached out-of-fold logits)
@@ -12,7 +13,7 @@ VERSION = 2
 
 #: voice statistics used by ``voice_profile`` (recording-quality columns are left out on purpose:
 #: they describe the channel, not the voice, and would let the model learn corpus shortcuts)
-EXCLUDED_PROFILE_COLUMNS = ("speech_s", "speech_ratio", "snr_db", "clipping_share")
+EXCLUDED_PROFILE_COLUMNS = QUALITY_COLUMNS
 
 
 def profile_columns() -> list[str]:
