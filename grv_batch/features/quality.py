@@ -81,11 +81,12 @@ def bandwidth_hz(
     if spec.size < 2 or not np.isfinite(spec).all() or spec.max() <= 0:
         return float("nan")
     freqs = np.linspace(0.0, sr / 2, spec.size)
-    level = 10 * np.log10(np.maximum(spec, spec.max() * 1e-15))
     half = int(round(smooth_hz / freqs[1] / 2))
-    # moving average, edge-padded: zero padding would lift the (negative) dB levels at the ends
-    level = np.convolve(np.pad(level, half, mode="edge"), np.full(2 * half + 1, 1 / (2 * half + 1)),
-                        mode="valid")
+    # local mean power (edge-padded moving average): the gaps between the harmonics of a voice do
+    # not count as missing band, as they would if dB levels were averaged
+    smooth = np.convolve(np.pad(spec, half, mode="edge"), np.full(2 * half + 1, 1 / (2 * half + 1)),
+                         mode="valid")
+    level = 10 * np.log10(np.maximum(smooth, smooth.max() * 1e-15))
     ref_band = (freqs >= ref_band_hz[0]) & (freqs <= ref_band_hz[1])
     if not ref_band.any():
         return float("nan")
