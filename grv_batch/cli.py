@@ -77,7 +77,7 @@ def run(
         with runner.dask_client(spec.execution, console=console) as client:
             summary = runner.run_job(input, out, spec, client=client, metadata_url=metadata,
                                      console=console, progress=not no_progress, plan=plan)
-    except (runner.InputError, runner.OutputConflict, runner.IncompleteRun) as exc:
+    except (runner.InputError, runner.OutputConflict, runner.IncompleteRun, runner.RunFailed) as exc:
         _fail(str(exc))
     except BundleError as exc:
         _fail(f"model bundle: {exc}")

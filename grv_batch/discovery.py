@@ -186,7 +186,7 @@ def load_metadata(url: str, *, input_url: str | None = None,
         bad = sorted(set(gender.dropna()) - {"female", "male"})
         if bad:  # a typo or another coding scheme would silently lose the ground truth
             raise InputError(f"metadata {url}: column 'gender' must be 'female' or 'male' (or empty, "
-                             f"'unknown', 'other' for no ground truth), found {bad[:5]}")
+                             f"'unknown', 'other', 'na', 'n/a', 'none' for no ground truth), found {bad[:5]}")
         frame["gender"] = gender
     if "speaker_id" in frame.columns:
         frame["speaker_id"] = frame["speaker_id"].astype("string")

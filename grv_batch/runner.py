@@ -32,6 +32,7 @@ JOB_FILE = "_job.json"
 MIN_TASKS = 32  # split a corpus into at least this many tasks when batches allow
 MIN_BATCH_AUDIO_S = 10.0
 SINGLE_FILE_ATTEMPTS = 2  # one-file tasks whose worker died, before the file is declared dead
+SAME_FAILURE_STOPS_RUN = 3  # planned batches failing alike, none having worked: stop the run
 RUN_FILE = "_run.json"
 
 
@@ -41,6 +42,11 @@ class OutputConflict(Exception):
 
 class IncompleteRun(Exception):
     """After all tasks, some discovered file has no row (should never happen; refuses to finish)."""
+
+
+class RunFailed(Exception):
+    """Every file of a batch failed in the same way: the cause is not in the files (workers
+    without grv-batch, an OUT they cannot write...), so the run stops instead of writing errors."""
 
 
 @dataclass
@@ -347,7 +353,9 @@ def _execute(client, tasks: list[BatchTask], *, job, layout: OutputLayout,
 
     A task whose workers keep dying (``KilledWorker``) or that raises after its retries is split
     into one task per file; a file whose task still kills its worker (or still raises) gets an
-    ``error`` row saying so, and the rest go on.
+    ``error`` row saying so, and the rest go on. An exception that every file of a split batch
+    raises alike, or that the first tasks all raise before any task worked, is not the files'
+    doing: the run stops with :class:`RunFailed`.
     """
     from distributed import as_completed
     from distributed.scheduler import KilledWorker
@@ -368,7 +376,24 @@ def _execute(client, tasks: list[BatchTask], *, job, layout: OutputLayout,
         futures[future] = task
     records: list[dict[str, Any]] = []
     split_parents: dict[str, list[str]] = {}
+    failures: dict[str, list] = {}  # split batch -> [its exception, children failing the same way]
+    seen: dict[str, int] = {}       # exception -> planned batches it failed (not dead workers)
+    error_tasks: list[BatchTask] = []  # tasks given error rows for an exception in this run
     attempts: dict[str, int] = {}
+    n_worked = 0                    # tasks that returned normally
+
+    def stop_if_not_the_files(message: str, same_everywhere: bool) -> None:
+        """The same exception on every file tried: the cause is the workers or OUT, not the files.
+        Undo this run's error rows for it (a rerun retries those files) and stop with one line."""
+        nothing_worked = n_worked == 0 and seen.get(message, 0) >= SAME_FAILURE_STOPS_RUN
+        if not (same_everywhere or nothing_worked):
+            return
+        for failed in error_tasks:
+            _remove_batch_shards(failed, layout, options)
+        raise RunFailed(f"{message}, for every file tried; the cause is not in the files (check "
+                        f"that the workers run this grv-batch version and can read INPUT and "
+                        f"write OUT)")
+
     bar = _progress(console, total=len(tasks), enabled=progress)
     with bar as prog:
         task_id = prog.add_task("batches", total=len(tasks)) if prog else None
@@ -377,15 +402,26 @@ def _execute(client, tasks: list[BatchTask], *, job, layout: OutputLayout,
             task = futures.pop(future)
             try:
                 record = future.result()
+                n_worked += 1
             except Exception as exc:  # noqa: BLE001 - one failed batch must not stop the run
+                if future.status != "error":
+                    raise  # cancelled (the scheduler was lost): not the batch's doing; rerun resumes
                 killed = isinstance(exc, KilledWorker)
+                message = storage.redact_text(f"{type(exc).__name__}: {exc}", layout.secrets)[:300]
                 _remove_batch_shards(task, layout, options)  # the dead attempt may have written some
+                if not killed and task.shard == task.batch_id:  # a planned batch, not a split
+                    seen[message] = seen.get(message, 0) + 1
+                    stop_if_not_the_files(message, same_everywhere=False)
                 if len(task.files) > 1:
+                    failures[task.batch_id] = [message, 0]
                     for k, (f, meta) in enumerate(zip(task.files, task.metadata, strict=True)):
                         sub = BatchTask(batch_id=task.batch_id, files=(f,), metadata=(meta,),
                                         shard_name=f"{task.batch_id}.{k}")
+                        # a worker that died is not retried by Dask (we count deaths below);
+                        # an exception may be a transient storage error: the job's retries apply
                         new = client.submit(process_batch, sub, job=job, layout=layout,
-                                            storage_options=options, retries=0, pure=False,
+                                            storage_options=options, pure=False,
+                                            retries=0 if killed else job.execution.retries,
                                             key=f"{key_prefix}-{sub.shard}")
                         futures[new] = sub
                         completed.add(new)
@@ -410,8 +446,13 @@ def _execute(client, tasks: list[BatchTask], *, job, layout: OutputLayout,
                     reason = ("the worker process died while processing this file, on every retry "
                               "(it may crash the decoder or exhaust memory)")
                 else:
-                    message = storage.redact_text(f"{type(exc).__name__}: {exc}", layout.secrets)
-                    reason = f"processing failed: {message[:300]}"
+                    same = failures.get(task.batch_id)
+                    if same is not None and same[0] == message:
+                        same[1] += 1
+                        stop_if_not_the_files(message, same_everywhere=same[1] == len(
+                            split_parents.get(task.batch_id, ())))
+                    reason = f"processing failed: {message}"
+                    error_tasks.append(task)
                 record = error_batch_record(task, layout=layout, storage_options=options,
                                             reason=reason)
             records.append(record)

@@ -89,7 +89,8 @@ def test_bucket_in_bucket_out_and_no_secret_anywhere(tmp_path, moto_server):
 
 
 @pytest.mark.parametrize("profiling", [False, True])
-def test_local_cluster_serves_its_dashboard_and_workers_get_the_profiling_setting(profiling):
+def test_local_cluster_serves_its_dashboard_and_workers_get_the_profiling_setting(profiling,
+                                                                                   monkeypatch):
     import urllib.request
 
     import dask
@@ -97,9 +98,11 @@ def test_local_cluster_serves_its_dashboard_and_workers_get_the_profiling_settin
     from grv_batch.runner import dask_client
     from grv_batch.spec import ExecutionParams
 
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)  # a local cluster, not the user's
     execution = ExecutionParams(workers=1, worker_profiling=profiling, dashboard_address=":0")
     with dask_client(execution) as client:
         seen = client.run(lambda: dask.config.get("distributed.worker.profile.enabled"))
-        with urllib.request.urlopen(client.dashboard_link, timeout=30) as page:  # the printed link
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback, no proxy
+        with direct.open(client.dashboard_link, timeout=30) as page:  # the link a run prints
             assert page.status == 200
     assert list(seen.values()) == [profiling]

@@ -272,7 +272,7 @@ def test_worker_start_up_skips_what_keras_only_might_use():
 def test_a_batch_that_raises_is_split_and_only_the_failing_file_is_an_error(mixed_corpus, tmp_path):
     corpus, meta = mixed_corpus
     job = tmp_path / "job.toml"
-    job.write_text("[execution]\nbatch_audio_s = 10000.0\nretries = 0\n")  # one shared batch
+    job.write_text("[execution]\nbatch_audio_s = 10000.0\nretries = 0\n")  # batches of several files
     out = tmp_path / "out"
     proc = grv("run", str(corpus), "--out", str(out), "--metadata", str(meta), "--job", str(job),
                "--workers", "1", "--no-progress", env={"GRV_BATCH_TEST_RAISE_ON": "spk02/"})
@@ -323,3 +323,21 @@ def test_retried_shards_leave_nothing_stale_and_a_rerun_drops_the_old_run_record
     with pytest.raises(RuntimeError, match="unreachable"):
         run_job(str(corpus), str(out), job, client=ClusterGone(), plan=plan)
     assert not (out / "_run.json").exists()
+
+
+def test_a_failure_of_every_file_stops_the_run_and_a_rerun_recovers(tmp_path):
+    """When every file of a batch fails the same way the cause is not in the files: the run stops
+    with one line (no _run.json) instead of writing error rows, and a rerun finishes cleanly."""
+    corpus = tmp_path / "corpus"
+    meta = make_mixed_corpus(corpus, n_voices=8, broken=False)
+    out = tmp_path / "out"
+    args = ("run", str(corpus), "--out", str(out), "--workers", "1", "--no-progress")
+    failed = grv(*args, check=False, env={"GRV_BATCH_TEST_RAISE_ON": "clip"})
+    assert failed.returncode != 0
+    last = failed.stderr.strip().splitlines()[-1]  # (the worker's own log shows the traceback)
+    assert "for every file tried" in last and "injected failure" in last
+    assert not (out / "_run.json").exists()
+    grv(*args)
+    files = read_table(out, "files")
+    assert sorted(files["path"]) == sorted(pd.read_csv(meta)["path"]) and files["file_id"].is_unique
+    assert (files["status"] == "ok").all()
