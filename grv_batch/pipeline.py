@@ -371,8 +371,8 @@ def process_batch(task: BatchTask, *, job, layout: OutputLayout,
         path = storage.join(out, name, shard)
         if tables[name].num_rows:
             storage.write_parquet_atomic(fs, path, tables[name], compression=layout.compression)
-        elif storage.exists(fs, path):
-            fs.rm(path)  # an earlier attempt of this shard had rows here (a retry now all errors)
+        else:  # an earlier attempt of this shard may have had rows here (a retry now all errors)
+            storage.remove_if_exists(fs, path)
     record = {
         "batch_id": task.batch_id,
         "shard": task.shard,

@@ -288,9 +288,7 @@ def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | No
     say = console.print if console else (lambda *a, **k: None)
     fs, out = storage.filesystem(out_url, options)
     # _run.json means "this run completed"; it must not vouch for tables this run is about to change
-    run_file = storage.join(out, RUN_FILE)
-    if storage.exists(fs, run_file):
-        fs.rm(run_file)
+    storage.remove_if_exists(fs, storage.join(out, RUN_FILE))
     _clean_unfinished(fs, out, plan.done)
     pending = [t for t in plan.tasks if t.batch_id not in plan.done]
     phases = {"prepare_s": time.perf_counter() - started}
@@ -471,8 +469,7 @@ def _remove_batch_shards(task: BatchTask, layout: OutputLayout,
     fs, out = storage.filesystem(layout.out_url, options)
     paths = [storage.join(out, name, f"part-{task.shard}.parquet") for name in SHARD_TABLES]
     for path in [*paths, storage.join(out, BATCHES_DIR, f"{task.shard}.json")]:
-        if storage.exists(fs, path):
-            fs.rm(path)
+        storage.remove_if_exists(fs, path)
 
 
 def _maybe_close_parent(parent: str, split_parents: dict[str, list[str]],

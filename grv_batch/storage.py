@@ -146,6 +146,12 @@ def exists(fs, path: str) -> bool:
     return fs.exists(path)
 
 
+def remove_if_exists(fs, path: str) -> None:
+    """Delete the file at ``path`` if there is one (a leftover of an earlier attempt or run)."""
+    if exists(fs, path):
+        fs.rm(path)
+
+
 def list_names(fs, folder: str) -> list[str]:
     """Base names of the files directly in ``folder`` (empty when it does not exist)."""
     try:
