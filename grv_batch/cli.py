@@ -48,7 +48,7 @@ def run(
     scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Existing Dask scheduler (tcp://host:8786); also DASK_SCHEDULER_ADDRESS.")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Local worker processes (default: one per core).")] = None,
     storage_option: StorageOptions = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an OUT that belongs to another job.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier grv-batch output of another job in OUT (never a folder grv-batch did not write).")] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
 ) -> None:
     """Analyse every audio file under INPUT and write Parquet tables (and a report) to OUT."""

@@ -13,6 +13,7 @@ import datetime as _dt
 import hashlib
 import os
 import platform
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -125,36 +126,64 @@ def dask_client(execution, *, console=None) -> Iterator[Any]:
 # --------------------------------------------------------------------------- output ownership
 
 
-def _prepare_out(fs, out: str, job, *, input_url: str, model_sha256: str) -> bool:
+def _prepare_out(fs, out: str, job, *, input_url: str, model_sha256: str,
+                 metadata_sha256: str | None = None) -> bool:
     """Check that OUT is ours (or new) and record the job in it. Returns True when resuming.
 
-    The identity is the job's result-changing settings plus the model bundle's manifest hash, so
-    a resumed run never mixes predictions of two different models.
+    The identity is the job's result-changing settings, the model bundle's manifest hash, INPUT
+    and the metadata's content (its columns are written into ``predictions``), so a resumed run
+    never mixes outputs of two different jobs. ``--overwrite`` replaces only an earlier
+    grv-batch output: a folder without ``_job.json`` holds files grv-batch did not write.
     """
     job_path = storage.join(out, JOB_FILE)
     fingerprint = f"{job.fingerprint()}-{model_sha256[:8]}"
+    record = {"fingerprint": fingerprint, "input": input_url, "metadata_sha256": metadata_sha256}
     if storage.exists(fs, job_path):
         existing = storage.read_json(fs, job_path)
-        same = existing.get("fingerprint") == fingerprint and existing.get("input") == input_url
-        if same:
+        # outputs written before the metadata was recorded have no key: nothing to compare
+        differs = [k for k, v in record.items() if existing.get(k, v) != v]
+        if not differs:
             return True
         if not job.output.overwrite:
-            what = ("a different input" if existing.get("fingerprint") == fingerprint
-                    else "a different job")
+            what = {"fingerprint": "a different job", "input": "a different input",
+                    "metadata_sha256": "different metadata"}[differs[0]]
             raise OutputConflict(
                 f"OUT {out} holds the output of {what} (job {existing.get('fingerprint')}, input "
                 f"{existing.get('input')}); choose another OUT or pass --overwrite to replace it")
         fs.rm(out, recursive=True)
     elif storage.list_names(fs, out):
-        if not job.output.overwrite:
-            raise OutputConflict(f"OUT {out} is not empty and is not a grv-batch output; "
-                                 f"choose another OUT or pass --overwrite to replace it")
-        fs.rm(out, recursive=True)
+        raise OutputConflict(f"OUT {out} is not empty and is not a grv-batch output; choose a new "
+                             f"or empty folder (--overwrite only replaces an earlier grv-batch output)")
     fs.makedirs(out, exist_ok=True)
     storage.write_json_atomic(fs, job_path, {
-        "fingerprint": fingerprint, "input": input_url, "grv_batch": __version__,
-        "created": _now(), "job": _redacted_job(job)})
+        **record, "grv_batch": __version__, "created": _now(), "job": _redacted_job(job)})
     return False
+
+
+def _check_out_apart_from_input(input_url: str, out_url: str, options: Mapping[str, Any]) -> None:
+    """OUT must not be INPUT or a folder above it: the outputs would land among the audio, and
+    replacing OUT would delete the audio."""
+    in_fs, in_path = storage.filesystem(input_url, options)
+    out_fs, out_path = storage.filesystem(out_url, options)
+    if in_fs.protocol != out_fs.protocol:
+        return
+    if storage.is_local(in_fs):
+        in_path, out_path = os.path.realpath(in_path), os.path.realpath(out_path)
+    out_dir = out_path.rstrip("/") + "/"
+    if in_path == out_path or in_path.startswith(out_dir):
+        raise OutputConflict(f"OUT {out_url} is INPUT or a folder that contains it; choose an OUT "
+                             f"outside {input_url}")
+
+
+def metadata_digest(metadata) -> str | None:
+    """sha256 of a metadata table's columns and values (None without metadata)."""
+    if metadata is None:
+        return None
+    import pandas as pd
+
+    h = hashlib.sha256("\x1f".join(map(str, metadata.columns)).encode())
+    h.update(pd.util.hash_pandas_object(metadata, index=False).to_numpy().tobytes())
+    return h.hexdigest()
 
 
 def _redacted_job(job) -> dict[str, Any]:
@@ -222,6 +251,7 @@ def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = No
     """
     options = dict(job.storage_options)
     say = console.print if console else (lambda *a, **k: None)
+    _check_out_apart_from_input(input_url, out_url, options)
     corpus = discover(input_url, job.input, storage_options=options)
     metadata = (load_metadata(metadata_url, input_url=input_url, storage_options=options)
                 if metadata_url else None)
@@ -233,7 +263,8 @@ def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = No
                if joined.metadata_without_files else ""))
     members, model_sha256 = _member_names(job.model)
     fs, out = storage.filesystem(out_url, options)
-    resuming = _prepare_out(fs, out, job, input_url=input_url, model_sha256=model_sha256)
+    resuming = _prepare_out(fs, out, job, input_url=input_url, model_sha256=model_sha256,
+                            metadata_sha256=metadata_digest(metadata))
     layout = OutputLayout(out_url=out_url, metadata_schema=_metadata_schema(metadata),
                           member_names=members, compression=job.output.compression,
                           secrets=tuple(storage.secret_values(options)))
@@ -292,6 +323,8 @@ def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | No
     _clean_unfinished(fs, out, plan.done)
     pending = [t for t in plan.tasks if t.batch_id not in plan.done]
     phases = {"prepare_s": time.perf_counter() - started}
+    if job.output.write_report and pending:
+        _start_report_imports(ground_truth=metadata_url is not None)
     records = _execute(client, pending, job=job, layout=plan.layout, options=options,
                        console=console, progress=progress)
     phases["batches_s"] = time.perf_counter() - started - sum(phases.values())
@@ -343,6 +376,25 @@ def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | No
         "report_error": report_error,
     })
     return summary
+
+
+def _import_report_libraries(ground_truth: bool) -> None:
+    with contextlib.suppress(Exception):  # the report imports them again and reports any error
+        import grv_batch.report  # noqa: F401 - imports matplotlib
+        if ground_truth:  # fairlearn's cross-check only runs on files with a known gender
+            import fairlearn.metrics  # noqa: F401 - imports scikit-learn, about 1 s
+
+
+def _start_report_imports(*, ground_truth: bool) -> threading.Thread:
+    """Import the report's libraries in the background while the workers run the batches.
+
+    They cost the client up to a second and a half of CPU: paid after the batches, that is wall
+    time added to every run; paid during them, it overlaps the batches.
+    """
+    thread = threading.Thread(target=_import_report_libraries, args=(ground_truth,),
+                              name="grv-batch-report-imports", daemon=True)
+    thread.start()
+    return thread
 
 
 def _execute(client, tasks: list[BatchTask], *, job, layout: OutputLayout,

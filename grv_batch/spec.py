@@ -76,7 +76,8 @@ class OutputParams(Params):
     Parameters
     ----------
     overwrite
-        Replace an OUT that belongs to a different job instead of refusing.
+        Replace an earlier grv-batch output of a different job instead of refusing (a folder
+        without ``_job.json``, INPUT or a folder above it is never replaced).
     compression
         Parquet compression codec.
     write_report

@@ -103,7 +103,7 @@ def write_bytes_atomic(fs, path: str, data: bytes) -> None:
     starting with ``.``. On object stores the final PUT is atomic by itself.
     """
     parent = posixpath.dirname(path) if "/" in path else ""
-    if _is_local(fs):
+    if is_local(fs):
         import os
 
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -195,6 +195,6 @@ def read_parquet(fs, path: str, columns: list[str] | None = None) -> pa.Table | 
     return dataset.to_table(columns=wanted)
 
 
-def _is_local(fs) -> bool:
+def is_local(fs) -> bool:
     protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     return "file" in protocol or "local" in protocol

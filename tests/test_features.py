@@ -180,6 +180,32 @@ def test_unvoiced_speech_gives_nan_pitch() -> None:
     assert math.isfinite(f["mfcc_01_mean"])
 
 
+@pytest.mark.parametrize("kind", ["white", "brown", "hum"])
+@pytest.mark.parametrize("level_dbfs", [-60.0, -20.0])
+def test_steady_noise_window_has_no_speech(kind: str, level_dbfs: float) -> None:
+    """Room tone before an interview: normalisation lifts it to full scale and energy alone
+    takes it for speech; nearly no voiced frame says it is not."""
+    rng = np.random.default_rng(0)
+    n = 30 * SR
+    if kind == "white":
+        y = rng.standard_normal(n)
+    elif kind == "brown":
+        y = np.cumsum(rng.standard_normal(n))
+        y -= np.convolve(y, np.ones(801) / 801, mode="same")  # no drift, still brown below 20 Hz
+    else:  # mains hum with its harmonics, plus a little hiss
+        t = np.arange(n) / SR
+        y = sum(np.sin(2 * np.pi * 50 * k * t) / k for k in (1, 2, 3)) + 0.01 * rng.standard_normal(n)
+    y = (y / np.sqrt(np.mean(y**2)) * 10 ** (level_dbfs / 20)).astype(np.float32)
+    w = analyze_window(y, SR)
+    assert w.speech_s == 0 and w.features["speech_ratio"] == 0
+    assert math.isnan(w.features["f0_p50"]) and math.isnan(w.features["mfcc_01_mean"])
+
+
+def test_steady_vowel_without_pauses_is_still_speech() -> None:
+    w = analyze_window(vowel(120.0, 3.0, SR), SR)
+    assert w.speech_s > 2.5 and abs(w.features["f0_p50"] - 120.0) < 3.0
+
+
 def test_clipping_share() -> None:
     y = np.clip(tone(150, 2.0, amp=2.0), -1, 1)
     assert analyze_window(y, SR).features["clipping_share"] > 0.3

@@ -136,6 +136,10 @@ def test_combine_too_little_speech_is_uncertain(tiny_bundle):
     empty = ens.combine_file(w.iloc[:0], speech_s=np.zeros(0), params=ModelParams())
     assert empty["label"] == "uncertain" and empty["reason"] == "too_little_speech"
     assert empty["p_male"] == 0.5 and empty["confidence"] == 0.5
+    # windows without any speech (silence, noise): what the networks say about them is no evidence
+    quiet = ens.combine_file(w, speech_s=np.array([0.0]), params=ModelParams())
+    assert quiet["p_male"] == 0.5 and quiet["reason"] == "too_little_speech"
+    assert quiet["p_male_frames"] == pytest.approx(0.99)
 
 
 def test_combine_confident_agreeing_windows_gives_label(tiny_bundle):

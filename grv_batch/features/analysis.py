@@ -123,6 +123,13 @@ def _mask_on_grid(activity: SpeechActivity, hop_s: float, n_frames: int) -> np.n
     return mask[idx]
 
 
+def _is_steady_noise(activity: SpeechActivity, f0: np.ndarray, params: SpeechParams) -> bool:
+    """Speech over (nearly) the whole window yet (nearly) never voiced: see ``SpeechParams``."""
+    if f0.size == 0 or activity.speech_ratio < params.noise_min_speech_ratio:
+        return False
+    return float(np.isfinite(f0).mean()) < params.noise_max_voiced_share
+
+
 def analyze_window(
     audio: np.ndarray, sr: int, params: AnalysisParams | None = None, start_s: float = 0.0
 ) -> WindowAnalysis:
@@ -159,14 +166,18 @@ def analyze_window(
     if activity.speech_s < params.speech.min_speech_s:
         speech = speech[:0]  # too little speech to describe: speech features are NaN
 
-    sel = power[:, speech]
-    feats: dict[str, float] = quality_features(raw, y_rs, sr16, activity,
-                                               sel.mean(axis=1) if speech.size else None)
-    feats.update(spectral_features(sel, sr16, fp.n_fft))
     pitch_frames = speech[:: fp.pitch_step]
     f0, _ = yin(
         y, sr16, fp.hop_length, pitch_frames, fp.f0_min_hz, fp.f0_max_hz, fp.voicing_threshold
     )
+    if _is_steady_noise(activity, f0, params.speech):
+        activity = activity.without_speech()
+        speech, pitch_frames, f0 = speech[:0], pitch_frames[:0], f0[:0]
+
+    sel = power[:, speech]
+    feats: dict[str, float] = quality_features(raw, y_rs, sr16, activity,
+                                               sel.mean(axis=1) if speech.size else None)
+    feats.update(spectral_features(sel, sr16, fp.n_fft))
     feats.update(pitch_features(f0, pitch_frames.size, fp.min_voiced_frames))
     voiced = pitch_frames[np.isfinite(f0)]
     if voiced.size < fp.min_voiced_frames:

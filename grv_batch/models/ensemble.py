@@ -154,8 +154,9 @@ class Ensemble:
 
         for c in cols:
             row[c] = pool(columns[c]) if c in columns else float("nan")
-        p = pool(columns["p_male"]) if n_windows else float("nan")
         total_speech = float(speech.sum())
+        # without any speech the networks still answer, but from silence or noise: no evidence
+        p = pool(columns["p_male"]) if n_windows and total_speech > 0 else float("nan")
         if not np.isfinite(p):
             p = 0.5
         row["p_male"] = p

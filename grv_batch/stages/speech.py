@@ -38,6 +38,12 @@ class SpeechParams(Params):
     min_speech_s : float
         Windows with less detected speech than this are treated as having none: their
         speech-based features are NaN.
+    noise_min_speech_ratio, noise_max_voiced_share : float
+        A window detected as speech over at least ``noise_min_speech_ratio`` of its frames, of
+        which less than ``noise_max_voiced_share`` are voiced, is steady noise (room tone, hiss,
+        hum) and is treated as having no speech. Energy alone cannot tell steady noise from a
+        steady voice once the window is normalised; speech is never that unvoiced. Applied by
+        :func:`grv_batch.features.analyze_window`, which has the voicing; 0 turns it off.
     """
 
     frame_ms: float = Field(25.0, gt=1.0, le=200.0)
@@ -48,6 +54,8 @@ class SpeechParams(Params):
     fill_gap_s: float = Field(0.2, ge=0.0, le=5.0)
     min_run_s: float = Field(0.1, ge=0.0, le=5.0)
     min_speech_s: float = Field(0.5, ge=0.0)
+    noise_min_speech_ratio: float = Field(0.9, ge=0.0, le=1.0)
+    noise_max_voiced_share: float = Field(0.01, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _hop_le_frame(self) -> SpeechParams:
@@ -76,6 +84,11 @@ class SpeechActivity:
     hop_s: float
     speech_s: float
     speech_ratio: float
+
+    def without_speech(self) -> SpeechActivity:
+        """The same frames, none of them speech."""
+        return SpeechActivity(mask=np.zeros_like(self.mask), hop_s=self.hop_s, speech_s=0.0,
+                              speech_ratio=0.0)
 
 
 def frame_energy_db(audio: np.ndarray, frame: int, hop: int) -> np.ndarray:

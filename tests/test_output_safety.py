@@ -1,0 +1,71 @@
+"""OUT is never the input's folder, ``--overwrite`` never deletes what grv-batch did not write, and
+a rerun with other metadata is another job. All checked by planning alone (no cluster)."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from conftest import grv, make_mixed_corpus
+from grv_batch.runner import OutputConflict, plan_run
+from grv_batch.spec import JobSpec
+
+
+def _audio(folder):
+    return sorted(p.name for p in folder.rglob("*.wav"))
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    folder = tmp_path / "project" / "audio"
+    meta = make_mixed_corpus(folder, n_voices=2, broken=False)
+    return folder, meta
+
+
+@pytest.mark.parametrize("where", ["input itself", "folder above input"])
+def test_out_that_holds_the_input_is_refused_even_with_overwrite(corpus, where):
+    folder, _ = corpus
+    before = _audio(folder)
+    out = folder if where == "input itself" else folder.parent
+    with pytest.raises(OutputConflict, match="contains it"):
+        plan_run(str(folder), str(out), JobSpec.model_validate({"output": {"overwrite": True}}))
+    assert _audio(folder) == before and before
+
+
+def test_overwrite_never_empties_a_folder_grv_batch_did_not_write(corpus, tmp_path):
+    folder, _ = corpus
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(OutputConflict, match="not a grv-batch output"):
+        plan_run(str(folder), str(out), JobSpec.model_validate({"output": {"overwrite": True}}))
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_other_metadata_over_the_same_out_is_another_job(corpus, tmp_path):
+    folder, meta = corpus
+    out = tmp_path / "out"
+    assert not plan_run(str(folder), str(out), JobSpec()).resuming
+    assert plan_run(str(folder), str(out), JobSpec()).resuming
+    with pytest.raises(OutputConflict, match="different metadata"):
+        plan_run(str(folder), str(out), JobSpec(), metadata_url=str(meta))
+    replaced = plan_run(str(folder), str(out), JobSpec.model_validate({"output": {"overwrite": True}}),
+                        metadata_url=str(meta))
+    assert not replaced.resuming
+    assert plan_run(str(folder), str(out), JobSpec(), metadata_url=str(meta)).resuming
+    edited = pd.read_csv(meta)
+    edited.loc[0, "gender"] = "male" if edited.loc[0, "gender"] == "female" else "female"
+    edited.to_csv(meta, index=False)
+    with pytest.raises(OutputConflict, match="different metadata"):
+        plan_run(str(folder), str(out), JobSpec(), metadata_url=str(meta))
+
+
+@pytest.mark.slow
+def test_cli_refuses_out_equal_to_input_with_one_line(corpus):
+    folder, _ = corpus
+    before = _audio(folder)
+    proc = grv("run", str(folder), "--out", str(folder), "--overwrite", check=False)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "contains it" in lines[0], proc.stderr
+    assert _audio(folder) == before
