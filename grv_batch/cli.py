@@ -168,7 +168,7 @@ def report(
     """(Re)build OUT/report/ from a finished run's tables, without touching audio."""
     from grv_batch import storage
     from grv_batch.discovery import InputError
-    from grv_batch.report import build_report
+    from grv_batch.report import ReportInputError, build_report
     from grv_batch.spec import JobError, JobSpec
 
     try:
@@ -185,7 +185,7 @@ def report(
         _fail(str(exc))
     try:
         folder = build_report(out, metadata=metadata, params=params, storage_options=options)
-    except InputError as exc:
+    except (InputError, ReportInputError) as exc:
         _fail(str(exc))
     console.print(f"Report: {folder}/report.html", markup=False)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import posixpath
+import stat
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +66,8 @@ class AudioFile:
     path: str  # relative to INPUT, POSIX separators
     url: str  # what fsspec opens
     size: int
+    #: why the file cannot be read, known from the listing (it becomes an error row unopened)
+    problem: str | None = None
 
     @property
     def estimated_s(self) -> float:
@@ -133,7 +137,8 @@ def discover(input_url: str, params: InputParams = InputParams(), *,
         if any(fnmatch.fnmatchcase(relative, p) for p in params.exclude):
             continue
         files.append(AudioFile(file_id=file_id_for(relative), path=relative,
-                               url=_full_url(fs, path), size=int(info.get("size") or 0)))
+                               url=_full_url(fs, path), size=int(info.get("size") or 0),
+                               problem=_unreadable_entry(info)))
     files.sort(key=lambda f: f.path)
     if not files:
         raise InputError(
@@ -174,7 +179,9 @@ def load_metadata(url: str, *, input_url: str | None = None,
     if "path" not in frame.columns:
         raise InputError(f"metadata {url} has no 'path' column (columns: {', '.join(map(str, frame.columns))})")
     frame = frame.copy()
-    frame["path"] = [_relative_to_input(p, input_url) for p in frame["path"].astype(str)]
+    # NFC: macOS writes names decomposed (NFD), most tools composed; both name the same file
+    frame["path"] = [unicodedata.normalize("NFC", _relative_to_input(p, input_url))
+                     for p in frame["path"].astype(str)]
     dupes = frame["path"][frame["path"].duplicated()].unique()
     if len(dupes):
         shown = ", ".join(dupes[:3]) + (" ..." if len(dupes) > 3 else "")
@@ -221,17 +228,36 @@ class MetadataJoin:
     examples_missing_files: list[str]
 
 
+def _unreadable_entry(info: Mapping[str, Any]) -> str | None:
+    """What makes a listed entry unreadable as a file (local listings say; buckets hold files).
+
+    A named pipe would block the worker reading it for ever, so it must never be opened.
+    """
+    if info.get("type", "file") == "file":
+        return None
+    if info.get("islink"):
+        return f"a symbolic link whose target does not exist ({info.get('destination')})"
+    mode = info.get("mode")
+    if mode is not None and stat.S_ISFIFO(mode):
+        return "not a regular file: a named pipe"
+    if mode is not None and (stat.S_ISSOCK(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):
+        return "not a regular file: a socket or device"
+    return None
+
+
 def join_metadata(corpus: Corpus, metadata: pd.DataFrame | None) -> MetadataJoin:
     """Match metadata rows to discovered files by relative ``path``; count both kinds of orphan."""
     if metadata is None:
         return MetadataJoin({}, [], 0, 0, [])
-    found = {f.path for f in corpus.files}
+    # metadata paths are NFC (load_metadata); a file's own name may be either form
+    file_of = {unicodedata.normalize("NFC", f.path): f.path for f in corpus.files}
+    found = set(file_of)
     rows = metadata.set_index("path", drop=False)
     known = set(rows.index)
     missing_files = sorted(known - found)
     columns = [c for c in metadata.columns if c != "path"]
     by_path = {
-        p: {c: _plain(v) for c, v in row.items() if c != "path"}
+        file_of[p]: {c: _plain(v) for c, v in row.items() if c != "path"}
         for p, row in rows.loc[sorted(known & found)].iterrows()
     } if known & found else {}
     return MetadataJoin(by_path=by_path, columns=columns,

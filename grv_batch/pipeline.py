@@ -302,6 +302,8 @@ def process_batch(task: BatchTask, *, job, layout: OutputLayout,
                                "size_bytes": audio_file.size}
         result = _FileResult(row=row)
         try:
+            if audio_file.problem:
+                raise DecodeError(audio_file.problem)
             with fsspec.open(audio_file.url, "rb", **options) as source:
                 info = probe(source)
                 source.seek(0)

@@ -27,7 +27,8 @@ from grv_batch._version import __version__
 from grv_batch.discovery import (Corpus, InputError, batch_id_for, discover, join_metadata,
                                  load_metadata, plan_batches)
 from grv_batch.pipeline import (BATCHES_DIR, SHARD_TABLES, BatchTask, OutputLayout,
-                                error_batch_record, process_batch)
+                                error_batch_record, features_schema, predictions_schema,
+                                process_batch)
 
 JOB_FILE = "_job.json"
 MIN_TASKS = 32  # split a corpus into at least this many tasks when batches allow
@@ -329,6 +330,7 @@ def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | No
                        console=console, progress=progress)
     phases["batches_s"] = time.perf_counter() - started - sum(phases.values())
     counts = _account(fs, out, plan.corpus)
+    _write_empty_tables(fs, out, job, plan.layout)
     speakers_n = _write_speakers(fs, out, job, options)
     phases["tables_s"] = time.perf_counter() - started - sum(phases.values())
     report_path = None
@@ -582,6 +584,19 @@ def _account(fs, out: str, corpus: Corpus) -> dict[str, Any]:
     ok = table["status"] == "ok"
     return {"n_files": int(len(table)), "n_ok": int(ok.sum()), "n_error": int((~ok).sum()),
             "audio_s": float(table.loc[ok, "duration_s"].sum())}
+
+
+def _write_empty_tables(fs, out: str, job, layout: OutputLayout) -> None:
+    """Give ``features`` and ``predictions`` an empty shard when no file was ok, so each table is
+    still a Parquet dataset with its columns. A resume deletes it (no batch owns it) and
+    rewrites it only if still needed."""
+    schemas = {"features": features_schema(job.features.n_mfcc),
+               "predictions": predictions_schema(layout.member_names, layout.metadata_schema)}
+    for name, schema in schemas.items():
+        folder = storage.join(out, name)
+        if not any(n.endswith(".parquet") for n in storage.list_names(fs, folder)):
+            storage.write_parquet_atomic(fs, storage.join(folder, "part-empty.parquet"),
+                                         schema.empty_table(), compression=job.output.compression)
 
 
 def _write_speakers(fs, out: str, job, options: Mapping[str, Any]) -> int:

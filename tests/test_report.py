@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from grv_batch.report import GROUPS_COLUMNS, ReportParams, build_report, group_metrics, largest_gaps
+from grv_batch.report import (GROUPS_COLUMNS, ReportInputError, ReportParams, build_report, group_metrics,
+                              largest_gaps)
 
 N_BOOT = 200
 NASTY = '<script>alert("x")</script>'
@@ -294,7 +295,7 @@ def test_default_groups_and_params():
         ReportParams(n_bootstrap=-1)
     with pytest.raises(ValidationError):
         ReportParams(colour="red")
-    with pytest.raises(ValueError, match="not in the predictions"):
+    with pytest.raises(ReportInputError, match="not in the predictions"):
         group_metrics(pred, feat, params=ReportParams(groups=["nope"]))
 
 

@@ -341,3 +341,25 @@ def test_a_failure_of_every_file_stops_the_run_and_a_rerun_recovers(tmp_path):
     files = read_table(out, "files")
     assert sorted(files["path"]) == sorted(pd.read_csv(meta)["path"]) and files["file_id"].is_unique
     assert (files["status"] == "ok").all()
+
+
+def test_a_run_where_no_file_is_ok_still_writes_every_table(tmp_path):
+    """SPEC: each table is a Parquet dataset; with no ok file it is an empty one with its columns."""
+    import pyarrow.dataset as ds
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.wav").write_text("not audio")
+    (corpus / "b.flac").write_bytes(b"")
+    out = tmp_path / "out"
+    grv("run", str(corpus), "--out", str(out), "--workers", "1", "--no-progress")
+    assert read_table(out, "files")["status"].tolist() == ["error", "error"]
+    for name, column in (("features", "f0_p50"), ("predictions", "p_male"), ("speakers", "speaker_id")):
+        dataset = ds.dataset(str(out / name))
+        assert dataset.count_rows() == 0 and column in dataset.schema.names, name
+    assert (out / "report" / "report.html").exists()
+    # the report of such a run rebuilds; a group column that is not there is one line
+    grv("report", str(out))
+    proc = grv("report", str(out), "--group", "accent", check=False)
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    assert proc.returncode != 0 and len(lines) == 1 and "'accent'" in lines[0], proc.stderr

@@ -128,6 +128,41 @@ def test_metadata_paths_given_as_full_paths_are_made_relative(tmp_path):
     assert list(frame["path"]) == ["x/a.wav", ".hidden/b.wav"]
 
 
+def test_metadata_paths_match_whatever_the_unicode_normal_form(tmp_path):
+    import unicodedata
+
+    name = "Zoë/Éloïse.wav"
+    _touch(tmp_path / "in", unicodedata.normalize("NFC", name))
+    meta = tmp_path / "meta.csv"
+    pd.DataFrame({"path": [unicodedata.normalize("NFD", name)], "speaker_id": ["z"]}).to_csv(meta, index=False)
+    frame = load_metadata(str(meta), input_url=str(tmp_path / "in"))
+    joined = join_metadata(discover(str(tmp_path / "in")), frame)
+    assert joined.files_without_metadata == 0 and joined.metadata_without_files == 0
+    assert joined.by_path[unicodedata.normalize("NFC", name)]["speaker_id"] == "z"
+
+
+def test_pipes_and_broken_links_are_listed_as_unreadable_and_never_opened(tmp_path):
+    import os
+
+    from grv_batch.pipeline import process_batch
+    from grv_batch.runner import plan_run
+
+    corpus = tmp_path / "in"
+    _touch(corpus, "ok.wav")
+    os.mkfifo(corpus / "pipe.wav")  # opening it would block for ever
+    (corpus / "gone.wav").symlink_to(corpus / "nowhere.wav")
+    problems = {f.path: f.problem for f in discover(str(corpus)).files}
+    assert problems["ok.wav"] is None
+    assert "named pipe" in problems["pipe.wav"] and "does not exist" in problems["gone.wav"]
+    job = JobSpec()
+    plan = plan_run(str(corpus), str(tmp_path / "out"), job)
+    for task in plan.tasks:
+        process_batch(task, job=job, layout=plan.layout)
+    files = pd.read_parquet(tmp_path / "out" / "files").set_index("path")
+    assert "named pipe" in files.loc["pipe.wav", "error"]
+    assert "does not exist" in files.loc["gone.wav", "error"]
+
+
 def test_metadata_problems_stop_the_run(tmp_path):
     meta = tmp_path / "m.csv"
     meta.write_text("path,gender\na.wav,female\na.wav,male\n")

@@ -8,6 +8,8 @@ Public API
 ----------
 ReportParams
     Groupings, bootstrap and size thresholds.
+ReportInputError
+    The tables cannot give the report asked for (no predictions, a missing group column).
 group_metrics(predictions, features=None, *, params=None) -> DataFrame
     The long ``groups`` table.
 largest_gaps(groups, *, predictions, features=None, params=None) -> DataFrame
@@ -17,13 +19,14 @@ build_report(out, *, metadata=None, params=None, storage_options=None) -> str
 """
 
 from ._build import build_report
-from ._config import ReportParams
+from ._config import ReportInputError, ReportParams
 from ._metrics import ALWAYS_METRICS, GROUPS_COLUMNS, GT_METRICS, group_metrics, largest_gaps
 
 __all__ = [
     "ALWAYS_METRICS",
     "GROUPS_COLUMNS",
     "GT_METRICS",
+    "ReportInputError",
     "ReportParams",
     "build_report",
     "group_metrics",

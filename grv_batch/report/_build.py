@@ -11,7 +11,7 @@ import pandas as pd
 from grv_batch.discovery import load_metadata
 
 from . import _html as H
-from ._config import ReportParams
+from ._config import ReportInputError, ReportParams
 from ._io import join_url, parquet_bytes, read_table, rejoin_metadata, write_bytes
 from ._metrics import BANDS, _ground_truth, build_groupings, evaluate, gaps_from_results
 
@@ -56,7 +56,7 @@ def build_report(
     params = params or ReportParams()
     predictions = read_table(out, "predictions", storage_options)
     if predictions is None:
-        raise FileNotFoundError(f"no predictions table under {out}: is this a finished grv-batch run?")
+        raise ReportInputError(f"no predictions table under {out}: is this a finished grv-batch run?")
     features = read_table(out, "features", storage_options, columns=["file_id", *FEATURE_COLUMNS])
     files = read_table(out, "files", storage_options)
     speakers = read_table(out, "speakers", storage_options)

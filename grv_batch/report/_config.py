@@ -7,6 +7,11 @@ from pydantic import Field, field_validator
 from grv_batch._params import Params
 
 
+class ReportInputError(ValueError):
+    """The run's tables cannot give the report asked for (no predictions, a group column that is
+    not there): the user's to fix, reported in one line."""
+
+
 class ReportParams(Params):
     """How the report groups files and estimates uncertainty.
 

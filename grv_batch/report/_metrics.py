@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from ._config import ReportParams
+from ._config import ReportInputError, ReportParams
 
 #: Metrics that need ground truth (``gender`` in {female, male}).
 GT_METRICS = ("accuracy", "coverage", "accuracy_confident", "recall_female", "recall_male", "ece")
@@ -262,7 +262,7 @@ def build_groupings(
     orders: dict[str, list[str]] = {}
     for c in cols:
         if c not in predictions.columns:
-            raise ValueError(f"group column {c!r} is not in the predictions (metadata columns: "
+            raise ReportInputError(f"group column {c!r} is not in the predictions (metadata columns: "
                              f"{', '.join(metadata_columns(predictions)) or 'none'})")
         s = _as_group_strings(predictions[c])
         series[c] = s
@@ -285,7 +285,8 @@ def build_groupings(
             if c not in series:
                 src = predictions[c] if c in predictions.columns else None
                 if src is None:
-                    raise ValueError(f"intersection column {c!r} is neither a metadata column nor a band")
+                    raise ReportInputError(f"intersection column {c!r} is neither a metadata column "
+                                           f"nor a band")
                 series[c] = _as_group_strings(src)
                 orders[c] = sorted(series[c].dropna().unique().tolist(), key=_natural_key)
         sa, sb = series[a], series[b]

@@ -75,7 +75,7 @@ class SpeechActivity:
     hop_s : float
         Frame hop in seconds.
     speech_s : float
-        Seconds of speech (``mask.sum() * hop_s``).
+        Seconds of speech (``mask.sum() * hop_s``, at most the duration of the audio).
     speech_ratio : float
         Share of frames that are speech, in [0, 1].
     """
@@ -171,6 +171,7 @@ def speech_activity(audio: np.ndarray, sr: int, params: SpeechParams | None = No
     return SpeechActivity(
         mask=mask,
         hop_s=hop_s,
-        speech_s=n_speech * hop_s,
+        # centred frames overhang the ends: never more speech than there is audio
+        speech_s=min(n_speech * hop_s, audio.size / sr),
         speech_ratio=n_speech / mask.size,
     )
