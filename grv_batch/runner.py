@@ -147,7 +147,7 @@ def _prepare_out(fs, out: str, job, *, input_url: str, model_sha256: str,
             return True
         if not job.output.overwrite:
             what = {"fingerprint": "a different job", "input": "a different input",
-                    "metadata_sha256": "different metadata"}[differs[0]]
+                    "metadata_sha256": "a run with other metadata"}[differs[0]]
             raise OutputConflict(
                 f"OUT {out} holds the output of {what} (job {existing.get('fingerprint')}, input "
                 f"{existing.get('input')}); choose another OUT or pass --overwrite to replace it")
@@ -176,7 +176,7 @@ def _check_out_apart_from_input(input_url: str, out_url: str, options: Mapping[s
                              f"outside {input_url}")
 
 
-def metadata_digest(metadata) -> str | None:
+def _metadata_digest(metadata) -> str | None:
     """sha256 of a metadata table's columns and values (None without metadata)."""
     if metadata is None:
         return None
@@ -265,7 +265,7 @@ def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = No
     members, model_sha256 = _member_names(job.model)
     fs, out = storage.filesystem(out_url, options)
     resuming = _prepare_out(fs, out, job, input_url=input_url, model_sha256=model_sha256,
-                            metadata_sha256=metadata_digest(metadata))
+                            metadata_sha256=_metadata_digest(metadata))
     layout = OutputLayout(out_url=out_url, metadata_schema=_metadata_schema(metadata),
                           member_names=members, compression=job.output.compression,
                           secrets=tuple(storage.secret_values(options)))

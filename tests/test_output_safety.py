@@ -47,7 +47,7 @@ def test_other_metadata_over_the_same_out_is_another_job(corpus, tmp_path):
     out = tmp_path / "out"
     assert not plan_run(str(folder), str(out), JobSpec()).resuming
     assert plan_run(str(folder), str(out), JobSpec()).resuming
-    with pytest.raises(OutputConflict, match="different metadata"):
+    with pytest.raises(OutputConflict, match="other metadata"):
         plan_run(str(folder), str(out), JobSpec(), metadata_url=str(meta))
     replaced = plan_run(str(folder), str(out), JobSpec.model_validate({"output": {"overwrite": True}}),
                         metadata_url=str(meta))
@@ -56,7 +56,7 @@ def test_other_metadata_over_the_same_out_is_another_job(corpus, tmp_path):
     edited = pd.read_csv(meta)
     edited.loc[0, "gender"] = "male" if edited.loc[0, "gender"] == "female" else "female"
     edited.to_csv(meta, index=False)
-    with pytest.raises(OutputConflict, match="different metadata"):
+    with pytest.raises(OutputConflict, match="other metadata"):
         plan_run(str(folder), str(out), JobSpec(), metadata_url=str(meta))
 
 
