@@ -22,7 +22,7 @@ console = Console(stderr=True, soft_wrap=True)
 StorageOptions = Annotated[
     Optional[list[str]],
     typer.Option("--storage-option", "-s", metavar="KEY=VALUE",
-                 help="fsspec option for INPUT, OUT and metadata (repeatable), e.g. "
+                 help="fsspec option for the buckets read and written (repeatable), e.g. "
                       "endpoint_url=http://localhost:9000. Values are never written or logged."),
 ]
 
@@ -56,7 +56,7 @@ def run(
     from grv_batch import runner
     from grv_batch.models import BundleError
     from grv_batch.spec import JobError, load_job
-    from grv_batch.storage import parse_storage_options
+    from grv_batch.storage import parse_storage_options, redact_text, secret_values
 
     try:
         overrides: dict = {"execution": {}, "output": {}}
@@ -64,6 +64,9 @@ def run(
             overrides["execution"]["scheduler"] = scheduler or os.environ["DASK_SCHEDULER_ADDRESS"]
         if workers:
             overrides["execution"]["workers"] = workers
+            if "scheduler" in overrides["execution"]:
+                console.print("[yellow]--workers is ignored: the named scheduler's workers run the "
+                              "job[/yellow]")
         if overwrite:
             overrides["output"]["overwrite"] = True
         cli_options = parse_storage_options(storage_option or [])
@@ -78,12 +81,10 @@ def run(
             summary = runner.run_job(input, out, spec, client=client, metadata_url=metadata,
                                      console=console, progress=not no_progress, plan=plan)
     except (runner.InputError, runner.OutputConflict, runner.IncompleteRun, runner.RunFailed) as exc:
-        _fail(str(exc))
+        _fail(redact_text(str(exc), secret_values(spec.storage_options)))
     except BundleError as exc:
         _fail(f"model bundle: {exc}")
     except OSError as exc:
-        from grv_batch.storage import redact_text, secret_values
-
         _fail(redact_text(f"{type(exc).__name__}: {exc}", secret_values(spec.storage_options)))
     console.print(
         f"Done: {summary.n_files} file(s), {summary.n_ok} ok, {summary.n_error} error; "
@@ -91,7 +92,7 @@ def run(
         f"({summary.audio_s / max(summary.wall_s, 1e-9):.0f}x realtime)"
         + (f"; {summary.n_batches_skipped} batch(es) already done" if summary.n_batches_skipped else ""),
         markup=False)
-    console.print(f"Tables: {out}/files, features, predictions, speakers"
+    console.print(f"Tables: {out.rstrip('/')}/files, features, predictions, speakers"
                   + (f"; report: {summary.report}/report.html" if summary.report else ""), markup=False)
 
 
@@ -104,7 +105,7 @@ def train(
     cv_mel_model: Annotated[Optional[Path], typer.Option("--cv-mel-model", help="An already trained cv_mel .keras instead of training it on Common Voice.")] = None,
     seed_model: Annotated[Optional[Path], typer.Option("--seed-model", help="The original network's weights, evaluated side by side.")] = None,
     folds: Annotated[int, typer.Option("--folds", min=2, help="Speaker-grouped cross-validation folds.")] = 5,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the folds, augmentation and network initialisation.")] = 0,
     variants: Annotated[str, typer.Option("--variants", help="Augmentation variants trained and tested on, comma-separated (default: the shipped recipe).")] = "clean,telephone,telephone2,wild,perturb",
     eval_variants: Annotated[str, typer.Option("--eval-variants", help="Variants only tested on held-out speakers, never trained on.")] = "",
     heldout_corpus: Annotated[bool, typer.Option("--heldout-corpus/--no-heldout-corpus", help="Also train on all corpora but one and test on that one.")] = True,
@@ -193,7 +194,7 @@ def report(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Argument(help="Folder for the demo corpus (OUT/corpus) and the run (OUT/run).")] = Path("demo-out"),
-    workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1)] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Local worker processes (default: one per core).")] = None,
     corpus_only: Annotated[bool, typer.Option("--corpus-only", help="Only synthesise the corpus.")] = False,
     speakers: Annotated[int, typer.Option("--speakers", min=2, help="Synthetic speakers.")] = 24,
 ) -> None:

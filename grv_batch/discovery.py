@@ -114,17 +114,17 @@ def discover(input_url: str, params: InputParams = InputParams(), *,
         pass
     try:
         exists = fs.exists(root)
+        if exists and fs.isfile(root):
+            found = {root: fs.info(root)}
+            root = posixpath.dirname(root)
+        elif exists:
+            found = fs.find(root, detail=True, withdirs=False)
     except PermissionError as exc:
         raise InputError(f"INPUT {input_url} cannot be read: permission denied") from exc
+    except Exception as exc:  # noqa: BLE001 - an unreachable endpoint, bad credentials...
+        raise InputError(f"INPUT {input_url} cannot be listed: {type(exc).__name__}: {exc}") from exc
     if not exists:
         raise InputError(f"INPUT {input_url} does not exist")
-    if fs.isfile(root):
-        info = fs.info(root)
-        relative = posixpath.basename(root)
-        found = {root: info}
-        root = posixpath.dirname(root)
-    else:
-        found = fs.find(root, detail=True, withdirs=False)
     patterns = [p.lower() for p in params.patterns]
     files: list[AudioFile] = []
     unmatched = 0

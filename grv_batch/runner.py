@@ -187,6 +187,17 @@ def _metadata_digest(metadata) -> str | None:
     return h.hexdigest()
 
 
+def _check_report_groups(job, layout: OutputLayout) -> None:
+    """A report group that names no column would only fail after all the audio is processed."""
+    groups = job.report.groups if job.output.write_report else None
+    columns = predictions_schema(layout.member_names, layout.metadata_schema).names
+    missing = [g for g in groups or () if g not in columns]
+    if missing:
+        carried = [f.name for f in layout.metadata_schema]
+        raise InputError(f"[report] groups names {', '.join(map(repr, missing))}, not a metadata "
+                         f"column (metadata columns: {', '.join(carried) or 'none'})")
+
+
 def _redacted_job(job) -> dict[str, Any]:
     data = job.model_dump(mode="json")
     data["storage_options"] = storage.redact_options(job.storage_options)
@@ -263,12 +274,18 @@ def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = No
             + (f" (e.g. {escape(', '.join(joined.examples_missing_files[:3]))})"
                if joined.metadata_without_files else ""))
     members, model_sha256 = _member_names(job.model)
-    fs, out = storage.filesystem(out_url, options)
-    resuming = _prepare_out(fs, out, job, input_url=input_url, model_sha256=model_sha256,
-                            metadata_sha256=_metadata_digest(metadata))
-    layout = OutputLayout(out_url=out_url, metadata_schema=_metadata_schema(metadata),
+    try:
+        fs, out = storage.filesystem(out_url, options)
+        resuming = _prepare_out(fs, out, job, input_url=input_url, model_sha256=model_sha256,
+                                metadata_sha256=_metadata_digest(metadata))
+    except OutputConflict:
+        raise
+    except Exception as exc:  # noqa: BLE001 - an unreachable endpoint, bad credentials...
+        raise InputError(f"OUT {out_url} cannot be used: {type(exc).__name__}: {exc}") from exc
+    layout = OutputLayout(out_url=storage.absolute(out_url), metadata_schema=_metadata_schema(metadata),
                           member_names=members, compression=job.output.compression,
                           secrets=tuple(storage.secret_values(options)))
+    _check_report_groups(job, layout)
     # Small corpora get smaller tasks so every worker has work; the split depends only on the
     # corpus and the job (not on the number of workers), so a rerun finds the same batches.
     estimated_total = sum(f.estimated_s for f in corpus.files)

@@ -46,7 +46,8 @@ class ExecutionParams(Params):
     memory_limit
         Memory limit per local worker, as Dask understands it (``"auto"``, ``"2GiB"``).
     batch_audio_s
-        Target seconds of audio per task; each task writes one shard per table.
+        Target seconds of audio per task; each task writes one shard per table. A corpus of less
+        than 32 times this is split into 32 tasks (at least 10 s each) so every worker has work.
     max_files_per_batch
         Upper bound of files per task, for corpora of very short clips.
     retries

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import posixpath
 import re
 import uuid
@@ -89,6 +90,12 @@ def filesystem(url: str, storage_options: Mapping[str, Any] | None = None):
     """Return ``(fs, path)`` for a local path or any fsspec URL."""
     fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
     return fs, path.rstrip("/") or path
+
+
+def absolute(url: str) -> str:
+    """A local path made absolute (workers elsewhere resolve a relative one in their own folder);
+    URLs with a protocol are returned as they are."""
+    return url if "://" in url else os.path.abspath(url)
 
 
 def join(*parts: str) -> str:

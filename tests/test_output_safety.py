@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from conftest import grv, make_mixed_corpus
+from grv_batch.discovery import InputError
 from grv_batch.runner import OutputConflict, plan_run
 from grv_batch.spec import JobSpec
 
@@ -58,6 +59,32 @@ def test_other_metadata_over_the_same_out_is_another_job(corpus, tmp_path):
     edited.to_csv(meta, index=False)
     with pytest.raises(OutputConflict, match="other metadata"):
         plan_run(str(folder), str(out), JobSpec(), metadata_url=str(meta))
+
+
+def test_a_relative_out_reaches_workers_as_an_absolute_path(corpus, tmp_path, monkeypatch):
+    """Workers of a named scheduler run in folders of their own: a relative OUT would scatter the
+    shards there."""
+    folder, _ = corpus
+    monkeypatch.chdir(tmp_path)
+    plan = plan_run(str(folder), "out-relative", JobSpec())
+    assert plan.layout.out_url == str(tmp_path / "out-relative")
+
+
+def test_a_report_group_that_names_no_column_is_refused_before_any_audio(corpus, tmp_path):
+    folder, meta = corpus
+    job = JobSpec.model_validate({"report": {"groups": ["condition", "accent"]}})
+    with pytest.raises(InputError, match="'accent', not a metadata column"):
+        plan_run(str(folder), str(tmp_path / "out"), job, metadata_url=str(meta))
+    plan_run(str(folder), str(tmp_path / "out"), JobSpec.model_validate({"report": {"groups": ["condition"]}}),
+             metadata_url=str(meta))
+
+
+def test_an_unreachable_bucket_is_one_clear_error():
+    options = {"endpoint_url": "http://127.0.0.1:9", "key": "k", "secret": "s",
+               "config_kwargs": {"connect_timeout": 1, "retries": {"max_attempts": 1}}}
+    with pytest.raises(InputError, match="cannot be listed: EndpointConnectionError"):
+        plan_run("s3://corpus/audio/", "s3://results/run/",
+                 JobSpec.model_validate({"storage_options": options}))
 
 
 @pytest.mark.slow

@@ -1,6 +1,15 @@
 """Training the shipped ensemble: ``grv-batch train`` (see docs/models.md)."""
 
 from grv_batch.training.augment import VARIANT_NAMES, VARIANTS
-from grv_batch.training.train import train_bundle
 
 __all__ = ["VARIANTS", "VARIANT_NAMES", "train_bundle"]
+
+
+def __getattr__(name: str):
+    # imported on first use, so `python -m grv_batch.training.train` does not find its own
+    # module already imported by the package (runpy warns about that)
+    if name == "train_bundle":
+        from grv_batch.training.train import train_bundle
+
+        return train_bundle
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

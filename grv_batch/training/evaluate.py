@@ -135,18 +135,22 @@ def bundle_check(metadata, data_root, bundle=None, limit=60, seed=0) -> list[dic
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m grv_batch.training.evaluate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("targets")
-    t.add_argument("--report", required=True)
-    tb = sub.add_parser("tables")
-    tb.add_argument("--report", required=True)
-    b = sub.add_parser("bundle")
-    b.add_argument("--metadata", required=True)
-    b.add_argument("--data-root", required=True)
-    b.add_argument("--bundle")
-    b.add_argument("--limit", type=int, default=60)
+    report_help = "folder written by `grv-batch train --report DIR` (oof_files.parquet, summary.json)"
+    t = sub.add_parser("targets", help="the issue's targets, out of fold")
+    t.add_argument("--report", required=True, help=report_help)
+    tb = sub.add_parser("tables", help="accuracy, calibration and coverage tables, out of fold")
+    tb.add_argument("--report", required=True, help=report_help)
+    b = sub.add_parser("bundle", help="a bundle end to end through the inference API")
+    b.add_argument("--metadata", required=True, help="manifest CSV (path, speaker_id, gender, corpus)")
+    b.add_argument("--data-root", required=True, help="folder the manifest paths are relative to")
+    b.add_argument("--bundle", help="bundle folder (default: the shipped one)")
+    b.add_argument("--limit", type=int, default=60, help="clips per corpus (default 60)")
     a = ap.parse_args(argv)
+    if a.cmd in ("targets", "tables") and not (Path(a.report) / "summary.json").exists():
+        ap.error(f"{a.report} is not a training report folder (no summary.json)")
     if a.cmd == "targets":
         print(markdown_table(targets(a.report)))
     elif a.cmd == "tables":

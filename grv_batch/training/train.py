@@ -4,8 +4,8 @@
         --commonvoice ../shared/data/commonvoice-mel128/features.parquet \
         --seed-model ../shared/anchors/seed-model.h5 --out MODEL_DIR
 
-Steps: (1) features of every clip under each augmentation variant (clean, telephone, wild, perturb)
-via ``grv_batch.features.iter_windows``, cached; (2) speaker-grouped k-fold: the audio members are
+Steps: (1) features of every clip under each augmentation variant (clean, telephone, telephone2,
+wild, perturb) via ``grv_batch.features.iter_windows``, cached; (2) speaker-grouped k-fold: the audio members are
 trained on the training speakers' clips (all variants) and predict the held-out speakers' clips
 (all variants); ``cv_mel`` is trained on Common Voice only, so every prediction of it on these
 clips is already out-of-sample; (3) member calibration, combiner and its calibration are fitted on
@@ -587,7 +587,8 @@ def model_card_md(card: dict) -> str:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="python -m grv_batch.training.train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--metadata", required=True)
     ap.add_argument("--data-root", required=True)
     ap.add_argument("--out", required=True)
