@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import os
 import posixpath
 import stat
 import unicodedata
@@ -138,7 +139,7 @@ def discover(input_url: str, params: InputParams = InputParams(), *,
             continue
         files.append(AudioFile(file_id=file_id_for(relative), path=relative,
                                url=_full_url(fs, path), size=int(info.get("size") or 0),
-                               problem=_unreadable_entry(info)))
+                               problem=_unreadable_entry(path, info)))
     files.sort(key=lambda f: f.path)
     if not files:
         raise InputError(
@@ -228,16 +229,19 @@ class MetadataJoin:
     examples_missing_files: list[str]
 
 
-def _unreadable_entry(info: Mapping[str, Any]) -> str | None:
+def _unreadable_entry(path: str, info: Mapping[str, Any]) -> str | None:
     """What makes a listed entry unreadable as a file (local listings say; buckets hold files).
 
     A named pipe would block the worker reading it for ever, so it must never be opened.
     """
     if info.get("type", "file") == "file":
         return None
-    if info.get("islink"):
-        return f"a symbolic link whose target does not exist ({info.get('destination')})"
     mode = info.get("mode")
+    if info.get("islink"):  # local listings describe the link itself, not its target
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            return f"a symbolic link whose target does not exist ({info.get('destination')})"
     if mode is not None and stat.S_ISFIFO(mode):
         return "not a regular file: a named pipe"
     if mode is not None and (stat.S_ISSOCK(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):

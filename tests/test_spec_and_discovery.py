@@ -151,8 +151,9 @@ def test_pipes_and_broken_links_are_listed_as_unreadable_and_never_opened(tmp_pa
     _touch(corpus, "ok.wav")
     os.mkfifo(corpus / "pipe.wav")  # opening it would block for ever
     (corpus / "gone.wav").symlink_to(corpus / "nowhere.wav")
+    (corpus / "link.wav").symlink_to(corpus / "ok.wav")  # a corpus of links is common
     problems = {f.path: f.problem for f in discover(str(corpus)).files}
-    assert problems["ok.wav"] is None
+    assert problems["ok.wav"] is None and problems["link.wav"] is None
     assert "named pipe" in problems["pipe.wav"] and "does not exist" in problems["gone.wav"]
     job = JobSpec()
     plan = plan_run(str(corpus), str(tmp_path / "out"), job)
