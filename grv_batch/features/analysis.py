@@ -124,8 +124,10 @@ def _mask_on_grid(activity: SpeechActivity, hop_s: float, n_frames: int) -> np.n
 
 
 def _is_steady_noise(activity: SpeechActivity, f0: np.ndarray, params: SpeechParams) -> bool:
-    """Speech over (nearly) the whole window yet (nearly) never voiced: see ``SpeechParams``."""
-    if f0.size == 0 or activity.speech_ratio < params.noise_min_speech_ratio:
+    """Speech over (nearly) the whole window at an even level yet (nearly) never voiced: see
+    ``SpeechParams``."""
+    if (f0.size == 0 or activity.speech_ratio < params.noise_min_speech_ratio
+            or not activity.level_range_db < params.noise_max_level_range_db):
         return False
     return float(np.isfinite(f0).mean()) < params.noise_max_voiced_share
 

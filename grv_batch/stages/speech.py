@@ -38,12 +38,14 @@ class SpeechParams(Params):
     min_speech_s : float
         Windows with less detected speech than this are treated as having none: their
         speech-based features are NaN.
-    noise_min_speech_ratio, noise_max_voiced_share : float
-        A window detected as speech over at least ``noise_min_speech_ratio`` of its frames, of
-        which less than ``noise_max_voiced_share`` are voiced, is steady noise (room tone, hiss,
-        hum) and is treated as having no speech. Energy alone cannot tell steady noise from a
-        steady voice once the window is normalised; speech is never that unvoiced. Applied by
-        :func:`grv_batch.features.analyze_window`, which has the voicing; 0 turns it off.
+    noise_min_speech_ratio, noise_max_level_range_db, noise_max_voiced_share : float
+        A window detected as speech over at least ``noise_min_speech_ratio`` of its frames, whose
+        frame energies span less than ``noise_max_level_range_db`` (no pauses) and of which less
+        than ``noise_max_voiced_share`` are voiced, is steady noise (room tone, hiss, hum) and is
+        treated as having no speech. Energy alone cannot tell steady noise from a steady voice
+        once the window is normalised; speech is never that even and that unvoiced. Applied by
+        :func:`grv_batch.features.analyze_window`, which has the voicing; a voiced share of 0
+        turns it off.
     """
 
     frame_ms: float = Field(25.0, gt=1.0, le=200.0)
@@ -55,6 +57,7 @@ class SpeechParams(Params):
     min_run_s: float = Field(0.1, ge=0.0, le=5.0)
     min_speech_s: float = Field(0.5, ge=0.0)
     noise_min_speech_ratio: float = Field(0.9, ge=0.0, le=1.0)
+    noise_max_level_range_db: float = Field(15.0, ge=0.0)
     noise_max_voiced_share: float = Field(0.01, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
@@ -78,17 +81,21 @@ class SpeechActivity:
         Seconds of speech (``mask.sum() * hop_s``, at most the duration of the audio).
     speech_ratio : float
         Share of frames that are speech, in [0, 1].
+    level_range_db : float
+        99th minus 10th percentile of the frame energies: a few dB for steady noise, tens of dB
+        for speech with its pauses.
     """
 
     mask: np.ndarray
     hop_s: float
     speech_s: float
     speech_ratio: float
+    level_range_db: float = float("nan")
 
     def without_speech(self) -> SpeechActivity:
         """The same frames, none of them speech."""
         return SpeechActivity(mask=np.zeros_like(self.mask), hop_s=self.hop_s, speech_s=0.0,
-                              speech_ratio=0.0)
+                              speech_ratio=0.0, level_range_db=self.level_range_db)
 
 
 def frame_energy_db(audio: np.ndarray, frame: int, hop: int) -> np.ndarray:
@@ -174,4 +181,5 @@ def speech_activity(audio: np.ndarray, sr: int, params: SpeechParams | None = No
         # centred frames overhang the ends: never more speech than there is audio
         speech_s=min(n_speech * hop_s, audio.size / sr),
         speech_ratio=n_speech / mask.size,
+        level_range_db=top - floor,
     )
