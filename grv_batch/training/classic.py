@@ -6,8 +6,6 @@ voice statistics, stacked with the other members' out-of-fold logits.
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import pandas as pd
 
@@ -16,25 +14,14 @@ from grv_batch.training.metrics import binary_metrics, markdown_table
 
 def main(argv=None):
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GroupKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     from grv_batch.models import calibration as cal
-    from grv_batch.training.augment import VARIANTS
     from grv_batch.training.members import profile_columns
-    from grv_batch.training.train import _folds, _stack_crossfit, file_level, load_all
+    from grv_batch.training.train import _folds, _stack_crossfit, file_level, oof_study_inputs
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--report", required=True)
-    ap.add_argument("--cache", required=True)
-    ap.add_argument("--metadata", required=True)
-    ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args(argv)
-    meta = pd.read_csv(a.metadata)
-    meta["speaker_id"] = meta["speaker_id"].astype(str)
-    W, _ = load_all(meta, a.cache, VARIANTS, a.seed)
+    a, meta, W = oof_study_inputs(argv, prog="python -m grv_batch.training.classic", description=__doc__)
     y = (W["gender"] == "male").to_numpy()
     fold = W["speaker_id"].map(_folds(meta, a.folds, a.seed)).to_numpy()
     X = W[profile_columns()].to_numpy(dtype=float)

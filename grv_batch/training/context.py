@@ -7,8 +7,6 @@ members' out-of-fold logits, with and without a narrowband indicator (the file's
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import pandas as pd
 
@@ -34,18 +32,9 @@ def _crossfit(Zc: np.ndarray, nb: np.ndarray, y: np.ndarray, fold: np.ndarray, *
 def main(argv=None):
     from grv_batch.models import calibration as cal
     from grv_batch.training.augment import VARIANTS
-    from grv_batch.training.train import _folds, _platt_finite, load_all
+    from grv_batch.training.train import _folds, _platt_finite, oof_study_inputs
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--report", required=True)
-    ap.add_argument("--cache", required=True)
-    ap.add_argument("--metadata", required=True)
-    ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=0)
-    a = ap.parse_args(argv)
-    meta = pd.read_csv(a.metadata)
-    meta["speaker_id"] = meta["speaker_id"].astype(str)
-    W, _ = load_all(meta, a.cache, VARIANTS, a.seed)
+    a, meta, W = oof_study_inputs(argv, prog="python -m grv_batch.training.context", description=__doc__)
     band = W.groupby(["path", "variant"], sort=False)["bandwidth_hz"].median().rename("bandwidth_hz")
     F = pd.read_parquet(f"{a.report}/oof_files.parquet").merge(band.reset_index(), on=["path", "variant"])
     members = [c[2:] for c in F.columns if c.startswith("z_")]

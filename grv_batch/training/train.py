@@ -94,6 +94,24 @@ def load_all(meta, cache, variants, seed):
     return W, lms
 
 
+def oof_study_inputs(argv, *, prog: str, description: str):
+    """Arguments, manifest and cached windows of a study on a training report's out-of-fold
+    predictions (``classic``, ``context``): ``--report``, ``--cache``, ``--metadata``, ``--folds``,
+    ``--seed`` as given to ``grv-batch train``. Returns ``(args, meta, W)``."""
+    ap = argparse.ArgumentParser(prog=prog, description=description,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--report", required=True, help="folder written by `grv-batch train --report`")
+    ap.add_argument("--cache", required=True, help="the feature cache of that training run")
+    ap.add_argument("--metadata", required=True, help="its manifest CSV")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args(argv)
+    meta = pd.read_csv(a.metadata)
+    meta["speaker_id"] = meta["speaker_id"].astype(str)
+    W, _ = load_all(meta, a.cache, VARIANTS, a.seed)
+    return a, meta, W
+
+
 def file_level(W: pd.DataFrame, z: np.ndarray) -> pd.DataFrame:
     """Pool window logits to (clip, variant) the way Ensemble.combine_file does."""
     d = W[["path", "variant", "speaker_id", "gender", "corpus", "win_speech_s"]].copy()
