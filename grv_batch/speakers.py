@@ -4,7 +4,9 @@ Each file contributes its calibrated log-odds, weighted by its seconds of speech
 confidence; the speaker's ``p_male`` is the sigmoid of that weighted mean (a mean, not a sum, since
 files of one speaker are not independent evidence). ``agreement`` is the share of the speaker's
 confident files whose label matches the speaker's side; ``files_disagree`` flags speakers whose
-confident files split more than ``SpeakerParams.disagreement`` allows.
+confident files split more than ``SpeakerParams.disagreement`` allows. A speaker is labelled
+``female``/``male`` only when the pooled confidence reaches ``SpeakerParams.confidence_threshold``,
+at least one of its files was labelled, and its files do not disagree; else ``uncertain``.
 """
 
 from __future__ import annotations
@@ -99,9 +101,12 @@ def aggregate_speakers(predictions: pd.DataFrame, *, params: SpeakerParams | Non
     df = df.assign(_z=np.where(ok, _logit(np.where(ok, p, 0.5)), 0.0), _w=np.where(ok, speech * conf, 0.0),
                    _wf=np.where(ok, conf, 0.0),
                    _conf_file=(df["label"].isin(["female", "male"]) if "label" in df.columns else ok))
-    carry = [c for c in df.columns
-             if c not in _PER_FILE and c != "speaker_id" and not c.startswith("_") and c not in member_cols
-             and (df.groupby("speaker_id", sort=True)[c].nunique(dropna=False) <= 1).all()]
+    # a metadata column describes the speaker when it is constant within (at least half of the)
+    # speakers; a speaker whose files differ (a mislabelled file) gets null there, not the others
+    constant = {c: df.groupby("speaker_id", sort=True)[c].nunique(dropna=False) <= 1
+                for c in df.columns
+                if c not in _PER_FILE and c != "speaker_id" and not c.startswith("_") and c not in member_cols}
+    carry = [c for c, same in constant.items() if same.mean() >= 0.5]
     rows = []
     for sid, g in df.groupby("speaker_id", sort=True):
         w = g["_w"].to_numpy()
@@ -110,14 +115,17 @@ def aggregate_speakers(predictions: pd.DataFrame, *, params: SpeakerParams | Non
         z = float(np.sum(w * g["_z"].to_numpy()) / w.sum()) if w.sum() > 0 else 0.0
         pm = float(1 / (1 + np.exp(-z)))
         confidence = max(pm, 1 - pm)
-        label = ("male" if pm > 0.5 else "female") if confidence >= params.confidence_threshold else "uncertain"
         side = "male" if pm > 0.5 else "female"
         confident = g[g["_conf_file"]]
         n_conf = int(len(confident))
         agreement = float((confident["label"] == side).mean()) if n_conf else float("nan")
+        disagree = bool(n_conf >= 2 and (1 - agreement) > params.disagreement)
+        # labelled only when pooled evidence is confident, some file was labelled on its own,
+        # and the labelled files do not split
+        labelled = confidence >= params.confidence_threshold and n_conf > 0 and not disagree
         row = {"speaker_id": sid, "n_files": int(len(g)), "n_confident": n_conf, "p_male": pm,
-               "confidence": confidence, "label": label, "agreement": agreement,
-               "files_disagree": bool(n_conf >= 2 and (1 - agreement) > params.disagreement)}
+               "confidence": confidence, "label": side if labelled else "uncertain",
+               "agreement": agreement, "files_disagree": disagree}
         for c in member_cols:
             pc = pd.to_numeric(g[c], errors="coerce").to_numpy(dtype=np.float64)
             okc = np.isfinite(pc)
@@ -126,6 +134,6 @@ def aggregate_speakers(predictions: pd.DataFrame, *, params: SpeakerParams | Non
             else:
                 row[c] = float("nan")
         for c in carry:
-            row[c] = g[c].iloc[0]
+            row[c] = g[c].iloc[0] if constant[c][sid] else None
         rows.append(row)
     return pd.DataFrame(rows)

@@ -51,10 +51,34 @@ def test_disagreeing_files_are_flagged_and_uncertain():
     assert agree["agreement"] == 1.0 and not agree["files_disagree"] and agree["label"] == "male"
 
 
+def test_split_speaker_is_uncertain_even_when_one_side_outweighs_the_other():
+    """A mislabelled speaker_id: three confident male files, three confident female ones with more
+    speech. The pooled mean leans female past the threshold, but the files split."""
+    rows = [_row(f"m{i}", "s1", 0.998, speech=2.0) for i in range(3)]
+    rows += [_row(f"f{i}", "s1", 0.002, speech=3.5, gender="female") for i in range(3)]
+    sp = aggregate_speakers(_preds(rows), params=SpeakerParams()).iloc[0]
+    assert sp["confidence"] >= 0.8 and bool(sp["files_disagree"]) and sp["label"] == "uncertain"
+
+
+def test_speaker_without_any_labelled_file_is_uncertain():
+    rows = [_row(f"x{i}", "s1", 0.87, speech=0.6, label="uncertain") for i in range(3)]
+    sp = aggregate_speakers(_preds(rows), params=SpeakerParams()).iloc[0]
+    assert sp["n_confident"] == 0 and sp["confidence"] >= 0.8 and sp["label"] == "uncertain"
+
+
 def test_metadata_varying_within_a_speaker_is_not_carried():
     df = _preds([_row("a", "s1", 0.9, accent="x"), _row("b", "s1", 0.9, accent="y")])
     sp = aggregate_speakers(df, params=SpeakerParams())
     assert "accent" not in sp.columns and sp.loc[0, "gender"] == "male"
+
+
+def test_one_inconsistent_speaker_does_not_drop_a_column_for_the_others():
+    df = _preds([_row("a", "s1", 0.9), _row("b", "s1", 0.9, gender="female"),  # mislabelled
+                 _row("c", "s2", 0.9), _row("d", "s2", 0.95),
+                 _row("e", "s3", 0.1, gender="female"), _row("f", "s3", 0.05, gender="female")])
+    sp = aggregate_speakers(df, params=SpeakerParams()).set_index("speaker_id")
+    assert sp.loc["s2", "gender"] == "male" and sp.loc["s3", "gender"] == "female"
+    assert pd.isna(sp.loc["s1", "gender"])
 
 
 def test_speakers_from_path_when_metadata_lacks_them():
