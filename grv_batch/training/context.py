@@ -32,7 +32,7 @@ def _crossfit(Zc: np.ndarray, nb: np.ndarray, y: np.ndarray, fold: np.ndarray, *
 def main(argv=None):
     from grv_batch.models import calibration as cal
     from grv_batch.training.augment import VARIANTS
-    from grv_batch.training.train import _folds, _platt_finite, oof_study_inputs
+    from grv_batch.training.train import _folds, _stack_crossfit, oof_study_inputs
 
     a, meta, W = oof_study_inputs(argv, prog="python -m grv_batch.training.context", description=__doc__)
     band = W.groupby(["path", "variant"], sort=False)["bandwidth_hz"].median().rename("bandwidth_hz")
@@ -41,12 +41,7 @@ def main(argv=None):
     y = (F["gender"] == "male").to_numpy()
     fold = F["speaker_id"].map(_folds(meta, a.folds, a.seed)).to_numpy()
     nb = (F["bandwidth_hz"] < NARROWBAND_BELOW_HZ).to_numpy(dtype=float)
-    Z = F[[f"z_{m}" for m in members]].to_numpy()
-    Zc = np.full_like(Z, np.nan)  # member calibration cross-fitted like the combiner
-    for k in np.unique(fold):
-        tr, te = fold != k, fold == k
-        for j in range(len(members)):
-            Zc[te, j] = cal.apply(_platt_finite(Z[tr, j], y[tr]), Z[te, j])
+    _, Zc = _stack_crossfit(F, members, fold, a.seed)  # member calibration, cross-fitted
     rows = []
     for name, context in (("stack of " + ", ".join(members), False), ("... and narrowband x each member", True)):
         p = cal.sigmoid(_crossfit(Zc, nb, y, fold, context=context))
