@@ -23,7 +23,7 @@ StorageOptions = Annotated[
     Optional[list[str]],
     typer.Option("--storage-option", "-s", metavar="KEY=VALUE",
                  help="fsspec option for the buckets read and written (repeatable), e.g. "
-                      "endpoint_url=http://localhost:9000. Values are never written or logged."),
+                      "endpoint_url=URL or key=KEY. Values are never written or logged."),
 ]
 
 
@@ -106,10 +106,10 @@ def train(
     seed_model: Annotated[Optional[Path], typer.Option("--seed-model", help="The original network's weights, evaluated side by side.")] = None,
     folds: Annotated[int, typer.Option("--folds", min=2, help="Speaker-grouped cross-validation folds.")] = 5,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the folds, augmentation and network initialisation.")] = 0,
-    variants: Annotated[str, typer.Option("--variants", help="Augmentation variants trained and tested on, comma-separated (default: the shipped recipe).")] = "clean,telephone,telephone2,wild,perturb",
+    variants: Annotated[str, typer.Option("--variants", help="Augmentation variants trained and tested on, comma-separated.", show_default="clean, telephone, telephone2, wild, perturb: the shipped recipe")] = "clean,telephone,telephone2,wild,perturb",
     eval_variants: Annotated[str, typer.Option("--eval-variants", help="Variants only tested on held-out speakers, never trained on.")] = "",
     heldout_corpus: Annotated[bool, typer.Option("--heldout-corpus/--no-heldout-corpus", help="Also train on all corpora but one and test on that one.")] = True,
-    epochs: Annotated[str, typer.Option("--epochs", help="Per-member epochs, e.g. frames=20,voice_profile=80.")] = "",
+    epochs: Annotated[str, typer.Option("--epochs", help="Per-member epochs, e.g. frames=20 (comma-separated member=N).")] = "",
     cache: Annotated[Optional[Path], typer.Option("--cache", help="Feature and out-of-fold cache (reruns are cheap).")] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Folder for out-of-fold predictions and summary.json.")] = None,
     version: Annotated[Optional[str], typer.Option("--version", help="Bundle version (default: today's date).")] = None,
