@@ -30,8 +30,11 @@ StorageOptions = Annotated[
 def _fail(message: str) -> None:
     from rich.markup import escape
 
-    # escape: messages quote job-file sections ("[execution]") and paths, which are not markup
-    console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    from grv_batch.storage import redact_url
+
+    # escape: messages quote job-file sections ("[execution]") and paths, which are not markup;
+    # URLs lose their credentials and query strings, whoever wrote the message
+    console.print(f"[red]error:[/red] {escape(redact_url(message))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -56,7 +59,7 @@ def run(
     from grv_batch import runner
     from grv_batch.models import BundleError
     from grv_batch.spec import JobError, load_job
-    from grv_batch.storage import parse_storage_options, redact_text, secret_values
+    from grv_batch.storage import parse_storage_options, redact_text, redact_url, secret_values
 
     try:
         overrides: dict = {"execution": {}, "output": {}}
@@ -92,8 +95,9 @@ def run(
         f"({summary.audio_s / max(summary.wall_s, 1e-9):.0f}x realtime)"
         + (f"; {summary.n_batches_skipped} batch(es) already done" if summary.n_batches_skipped else ""),
         markup=False)
-    console.print(f"Tables: {out.rstrip('/')}/files, features, predictions, speakers"
-                  + (f"; report: {summary.report}/report.html" if summary.report else ""), markup=False)
+    console.print(f"Tables: {redact_url(out).rstrip('/')}/files, features, predictions, speakers"
+                  + (f"; report: {redact_url(summary.report)}/report.html" if summary.report else ""),
+                  markup=False)
 
 
 @app.command()
@@ -170,6 +174,7 @@ def report(
     from grv_batch import storage
     from grv_batch.discovery import InputError
     from grv_batch.report import ReportInputError, build_report
+    from grv_batch.storage import redact_text, secret_values
     from grv_batch.spec import JobError, JobSpec
 
     try:
@@ -178,16 +183,23 @@ def report(
         run_path = storage.join(path, "_run.json")
         if not storage.exists(fs, run_path):
             _fail(f"{out} is not a finished grv-batch run (no _run.json)")
-        previous = storage.read_json(fs, run_path)["job"]
+        run_record = storage.read_json(fs, run_path)
+        previous = run_record.get("job") or {}
         params = JobSpec.model_validate({"report": previous.get("report", {})}).report
         if group:
             params = params.model_copy(update={"groups": list(group)})
     except (JobError, ValueError) as exc:
         _fail(str(exc))
+    except OSError as exc:
+        _fail(redact_text(f"{out} cannot be read: {type(exc).__name__}: {exc}", secret_values(options)))
     try:
-        folder = build_report(out, metadata=metadata, params=params, storage_options=options)
+        folder = build_report(out, metadata=metadata, params=params, storage_options=options,
+                              input_url=run_record.get("input"))
     except (InputError, ReportInputError) as exc:
-        _fail(str(exc))
+        _fail(redact_text(str(exc), secret_values(options)))
+    except OSError as exc:
+        _fail(redact_text(f"the report could not be written: {type(exc).__name__}: {exc}",
+                          secret_values(options)))
     console.print(f"Report: {folder}/report.html", markup=False)
 
 

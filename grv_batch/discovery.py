@@ -180,6 +180,11 @@ def load_metadata(url: str, *, input_url: str | None = None,
     if "path" not in frame.columns:
         raise InputError(f"metadata {url} has no 'path' column (columns: {', '.join(map(str, frame.columns))})")
     frame = frame.copy()
+    empty = (frame["path"].isna() | (frame["path"].astype("string").str.strip() == "")).to_numpy(bool)
+    if empty.any():
+        rows = ", ".join(str(i + 2) for i in empty.nonzero()[0][:5])  # 1 = the header
+        raise InputError(f"metadata {url}: {int(empty.sum())} row(s) with an empty 'path' (rows "
+                         f"{rows}{' ...' if empty.sum() > 5 else ''}, counting the header as row 1)")
     # NFC: macOS writes names decomposed (NFD), most tools composed; both name the same file
     frame["path"] = [unicodedata.normalize("NFC", _relative_to_input(p, input_url))
                      for p in frame["path"].astype(str)]

@@ -15,7 +15,7 @@ import os
 import platform
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,9 +138,12 @@ def _prepare_out(fs, out: str, job, *, input_url: str, model_sha256: str,
     """
     job_path = storage.join(out, JOB_FILE)
     fingerprint = f"{job.fingerprint()}-{model_sha256[:8]}"
-    record = {"fingerprint": fingerprint, "input": input_url, "metadata_sha256": metadata_sha256}
+    record = {"fingerprint": fingerprint, "input": storage.location(input_url),
+              "metadata_sha256": metadata_sha256}
     if storage.exists(fs, job_path):
         existing = storage.read_json(fs, job_path)
+        if isinstance(existing.get("input"), str):  # outputs of 0.3 and before kept it as typed
+            existing["input"] = storage.location(existing["input"])
         # outputs written before the metadata was recorded have no key: nothing to compare
         differs = [k for k, v in record.items() if existing.get(k, v) != v]
         if not differs:
@@ -161,11 +164,20 @@ def _prepare_out(fs, out: str, job, *, input_url: str, model_sha256: str,
     return False
 
 
+def _filesystem(what: str, url: str, options: Mapping[str, Any]):
+    """``storage.filesystem``, with an unknown scheme or a missing back end (``gs://`` without
+    gcsfs) as one line instead of a traceback."""
+    try:
+        return storage.filesystem(url, options)
+    except (ValueError, ImportError, OSError) as exc:
+        raise InputError(f"{what} {url} cannot be used: {type(exc).__name__}: {exc}") from exc
+
+
 def _check_out_apart_from_input(input_url: str, out_url: str, options: Mapping[str, Any]) -> None:
     """OUT must not be INPUT or a folder above it: the outputs would land among the audio, and
     replacing OUT would delete the audio."""
-    in_fs, in_path = storage.filesystem(input_url, options)
-    out_fs, out_path = storage.filesystem(out_url, options)
+    in_fs, in_path = _filesystem("INPUT", input_url, options)
+    out_fs, out_path = _filesystem("OUT", out_url, options)
     if in_fs.protocol != out_fs.protocol:
         return
     if storage.is_local(in_fs):
@@ -189,13 +201,23 @@ def _metadata_digest(metadata) -> str | None:
 
 def _check_report_groups(job, layout: OutputLayout) -> None:
     """A report group that names no column would only fail after all the audio is processed."""
-    groups = job.report.groups if job.output.write_report else None
+    if not job.output.write_report:
+        return
+    from grv_batch.report._metrics import BANDS
+
     columns = predictions_schema(layout.member_names, layout.metadata_schema).names
-    missing = [g for g in groups or () if g not in columns]
+    carried = ", ".join(f.name for f in layout.metadata_schema) or "none"
+    missing = [g for g in job.report.groups or () if g not in columns]
     if missing:
-        carried = [f.name for f in layout.metadata_schema]
         raise InputError(f"[report] groups names {', '.join(map(repr, missing))}, not a metadata "
-                         f"column (metadata columns: {', '.join(carried) or 'none'})")
+                         f"column (metadata columns: {carried})")
+    bands = {name for name, *_ in BANDS} if job.report.derived_bands else set()
+    missing = [c for pair in job.report.intersections for c in pair
+               if c not in columns and c not in bands]
+    if missing:
+        raise InputError(f"[report] intersections names {', '.join(map(repr, missing))}, neither a "
+                         f"metadata column (metadata columns: {carried}) nor a derived band "
+                         f"({', '.join(sorted(bands)) or 'derived_bands is off'})")
 
 
 def _redacted_job(job) -> dict[str, Any]:
@@ -263,6 +285,11 @@ def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = No
     """
     options = dict(job.storage_options)
     say = console.print if console else (lambda *a, **k: None)
+    bundle = job.model.bundle
+    if bundle and "://" not in bundle:
+        # the workers load it: a relative path would be resolved in each worker's own folder
+        model = job.model.model_copy(update={"bundle": os.path.abspath(os.path.expanduser(bundle))})
+        job = job.model_copy(update={"model": model})
     _check_out_apart_from_input(input_url, out_url, options)
     corpus = discover(input_url, job.input, storage_options=options)
     metadata = (load_metadata(metadata_url, input_url=input_url, storage_options=options)
@@ -274,6 +301,10 @@ def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = No
             + (f" (e.g. {escape(', '.join(joined.examples_missing_files[:3]))})"
                if joined.metadata_without_files else ""))
     members, model_sha256 = _member_names(job.model)
+    changed = job.analysis_changes()
+    if changed:
+        say(f"[yellow]{escape(', '.join(changed))} differ from the defaults the models were trained "
+            f"with: predictions may be less accurate than docs/models.md reports[/yellow]")
     try:
         fs, out = storage.filesystem(out_url, options)
         resuming = _prepare_out(fs, out, job, input_url=input_url, model_sha256=model_sha256,
@@ -294,10 +325,15 @@ def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = No
                            max_files=job.execution.max_files_per_batch)
     tasks = [BatchTask(batch_id=batch_id_for(b), files=tuple(b),
                        metadata=tuple(joined.by_path.get(f.path) for f in b)) for b in batches]
-    done = {n[:-len(".json")] for n in storage.list_names(fs, storage.join(out, BATCHES_DIR))
-            if n.endswith(".json") and "." not in n[:-len(".json")]}
-    done &= {t.batch_id for t in tasks}
-    say(f"Found {len(corpus.files)} audio file(s) in {escape(input_url)}; {len(tasks)} batch(es)"
+    recorded = {n[:-len(".json")] for n in storage.list_names(fs, storage.join(out, BATCHES_DIR))
+                if n.endswith(".json") and "." not in n[:-len(".json")]}
+    # a batch is done when its completion record is there and so are its rows (in one shard, or
+    # one per file after a split): a record whose rows were lost would never be redone otherwise
+    shards = set(storage.list_names(fs, storage.join(out, "files"))) if recorded else set()
+    done = {t.batch_id for t in tasks if t.batch_id in recorded and (
+        f"part-{t.batch_id}.parquet" in shards
+        or all(f"part-{t.batch_id}.{k}.parquet" in shards for k in range(len(t.files))))}
+    say(f"Found {len(corpus.files)} audio file(s) in {escape(storage.redact_url(input_url))}; {len(tasks)} batch(es)"
         + (f", {len(done)} already done (resuming)" if resuming and done else ""))
     return RunPlan(input_url=input_url, out_url=out_url, job=job, metadata_url=metadata_url,
                    corpus=corpus, joined=joined, tasks=tasks, done=done, resuming=resuming,
@@ -332,6 +368,7 @@ def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | No
     started = time.perf_counter()
     if plan is None:
         plan = plan_run(input_url, out_url, job, metadata_url=metadata_url, console=console)
+    job = plan.job  # as planned (e.g. the bundle path made absolute)
     options = dict(job.storage_options)
     secrets = plan.layout.secrets
     say = console.print if console else (lambda *a, **k: None)
@@ -346,7 +383,7 @@ def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | No
     records = _execute(client, pending, job=job, layout=plan.layout, options=options,
                        console=console, progress=progress)
     phases["batches_s"] = time.perf_counter() - started - sum(phases.values())
-    counts = _account(fs, out, plan.corpus)
+    counts = _account(fs, out, plan.corpus, plan.tasks)
     _write_empty_tables(fs, out, job, plan.layout)
     speakers_n = _write_speakers(fs, out, job, options)
     phases["tables_s"] = time.perf_counter() - started - sum(phases.values())
@@ -376,8 +413,8 @@ def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | No
                                  "unmatched_files": plan.corpus.unmatched})
     storage.write_json_atomic(fs, storage.join(out, RUN_FILE), {
         "completed": _now(),
-        "input": input_url,
-        "metadata": metadata_url,
+        "input": storage.location(input_url),
+        "metadata": storage.redact_url(metadata_url) if metadata_url else None,
         "job": _redacted_job(job),
         "job_fingerprint": job.fingerprint(),
         "model": model_identity,
@@ -391,7 +428,7 @@ def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | No
                     # where the run's wall time went: set-up, the batches on the workers, the
                     # accounting and speakers table, the report
                     "phases": phases},
-        "report": report_path,
+        "report": storage.redact_url(report_path) if report_path else None,
         "report_error": report_error,
     })
     return summary
@@ -459,10 +496,16 @@ def _execute(client, tasks: list[BatchTask], *, job, layout: OutputLayout,
             return
         for failed in error_tasks:
             _remove_batch_shards(failed, layout, options)
+            if failed.shard != failed.batch_id:
+                # the parent's completion record would vouch for the child rows just removed,
+                # and a rerun would skip the whole batch: the parent reruns whole instead
+                storage.remove_if_exists(fs_out, storage.join(out_path, BATCHES_DIR,
+                                                              f"{failed.batch_id}.json"))
         raise RunFailed(f"{message}, for every file tried; the cause is not in the files (check "
                         f"that the workers run this grv-batch version and can read INPUT and "
                         f"write OUT)")
 
+    fs_out, out_path = storage.filesystem(layout.out_url, options)
     bar = _progress(console, total=len(tasks), enabled=progress)
     with bar as prog:
         task_id = prog.add_task("batches", total=len(tasks)) if prog else None
@@ -474,7 +517,10 @@ def _execute(client, tasks: list[BatchTask], *, job, layout: OutputLayout,
                 n_worked += 1
             except Exception as exc:  # noqa: BLE001 - one failed batch must not stop the run
                 if future.status != "error":
-                    raise  # cancelled (the scheduler was lost): not the batch's doing; rerun resumes
+                    # cancelled (the scheduler was lost): not the batch's doing; a rerun resumes
+                    raise RunFailed(f"the Dask scheduler stopped running batch {task.batch_id} "
+                                    f"({type(exc).__name__}); finished batches are kept: run the "
+                                    f"same command again to resume") from exc
                 killed = isinstance(exc, KilledWorker)
                 message = storage.redact_text(f"{type(exc).__name__}: {exc}", layout.secrets)[:300]
                 _remove_batch_shards(task, layout, options)  # the dead attempt may have written some
@@ -586,8 +632,12 @@ def read_table(fs, out: str, name: str, columns: list[str] | None = None) -> pa.
     return table
 
 
-def _account(fs, out: str, corpus: Corpus) -> dict[str, Any]:
-    """Check that every discovered file has exactly one row in ``files``; count the outcomes."""
+def _account(fs, out: str, corpus: Corpus, tasks: Sequence[BatchTask] = ()) -> dict[str, Any]:
+    """Check that every discovered file has exactly one row in ``files``; count the outcomes.
+
+    When they do not match, the completion records of the batches holding the missing or
+    duplicated files are removed first, so that running the same command again redoes them.
+    """
     table = read_table(fs, out, "files", ["file_id", "status", "duration_s"]).to_pandas()
     expected = {f.file_id for f in corpus.files}
     ids = table["file_id"]
@@ -595,6 +645,10 @@ def _account(fs, out: str, corpus: Corpus) -> dict[str, Any]:
     missing = sorted(expected - set(ids))
     unexpected = sorted(set(ids) - expected)
     if duplicated or missing or unexpected:
+        wrong = set(duplicated) | set(missing)
+        for task in tasks:
+            if any(f.file_id in wrong for f in task.files):
+                storage.remove_if_exists(fs, storage.join(out, BATCHES_DIR, f"{task.batch_id}.json"))
         raise IncompleteRun(
             f"files table does not match the corpus: {len(missing)} missing, {len(duplicated)} "
             f"duplicated, {len(unexpected)} unexpected; run the same command again to repair")

@@ -105,7 +105,8 @@ def aggregate_speakers(predictions: pd.DataFrame, *, params: SpeakerParams | Non
     # speakers; a speaker whose files differ (a mislabelled file) gets null there, not the others
     constant = {c: df.groupby("speaker_id", sort=True)[c].nunique(dropna=False) <= 1
                 for c in df.columns
-                if c not in _PER_FILE and c != "speaker_id" and not c.startswith("_") and c not in member_cols}
+                if c not in _PER_FILE and c != "speaker_id" and not c.startswith("_")
+                and c not in member_cols and c not in SPEAKER_COLUMNS}
     carry = [c for c, same in constant.items() if same.mean() >= 0.5]
     rows = []
     for sid, g in df.groupby("speaker_id", sort=True):

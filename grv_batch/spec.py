@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from grv_batch._params import Params
 from grv_batch.discovery import InputParams
@@ -90,6 +90,11 @@ class OutputParams(Params):
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
 
 
+#: sections that shape the models' inputs (``[decode]`` only picks the channel)
+ANALYSIS_SECTIONS = ("resample", "denoise", "normalize", "speech", "segment", "features")
+MIN_DENOISE_RATE = 10240
+
+
 class JobSpec(Params):
     """A whole job. Every table of the TOML file is one field here."""
 
@@ -108,6 +113,23 @@ class JobSpec(Params):
     execution: ExecutionParams = ExecutionParams()
     output: OutputParams = OutputParams()
     storage_options: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _denoise_needs_rate(self) -> "JobSpec":
+        # noisereduce's mask smoothing spans 500 Hz and 50 ms: below this rate it has no bins
+        if self.denoise.enabled and self.resample.sample_rate < MIN_DENOISE_RATE:
+            raise ValueError(f"[resample] sample_rate {self.resample.sample_rate} is too low to "
+                             f"denoise (at least {MIN_DENOISE_RATE} Hz); raise it or set [denoise] "
+                             f"enabled = false")
+        return self
+
+    def analysis_changes(self) -> list[str]:
+        """The analysis sections that differ from the defaults the model bundles are trained with
+        (``grv-batch train`` analyses its clips with the defaults): there the models get inputs
+        unlike any they were trained or evaluated on."""
+        defaults = JobSpec()
+        return [f"[{name}]" for name in ANALYSIS_SECTIONS
+                if getattr(self, name) != getattr(defaults, name)]
 
     def analysis(self) -> AnalysisParams:
         """The audio-analysis part of the job, as the feature extractor takes it."""
@@ -183,6 +205,8 @@ def _describe(error: Mapping[str, Any]) -> str:
         allowed = _allowed_keys(error["loc"][:-1])
         return f"{where}: unknown key (allowed: {', '.join(allowed)})"
     message = error["msg"]
+    if error["type"] == "value_error" and not loc:  # a rule across tables: its text says it all
+        return message.removeprefix("Value error, ")
     if error["type"] == "literal_error":
         return f"{where}: {message}"
     return f"{where}: {message} (got {error.get('input')!r})"

@@ -32,8 +32,10 @@ REDACTED = "***"
 def parse_storage_options(pairs: Iterable[str]) -> dict[str, Any]:
     """Parse ``KEY=VALUE`` strings from the command line into fsspec storage options.
 
-    ``true``/``false`` become booleans and integers become ``int``; everything else stays a string.
-    A dotted key (``client_kwargs.region_name=eu-west-1``) makes a nested dictionary.
+    ``true``/``false`` become booleans, and integers become ``int`` for the public keys
+    (:data:`PUBLIC_OPTION_KEYS`); everything else stays a string, so that a secret such as
+    ``password=0012345`` reaches the back end as typed. A dotted key
+    (``client_kwargs.region_name=eu-west-1``) makes a nested dictionary.
     """
     options: dict[str, Any] = {}
     for pair in pairs:
@@ -44,10 +46,10 @@ def parse_storage_options(pairs: Iterable[str]) -> dict[str, Any]:
         value: Any = raw
         if raw.lower() in {"true", "false"}:
             value = raw.lower() == "true"
-        elif re.fullmatch(r"-?\d+", raw):
+        *parents, leaf = key.split(".")
+        if leaf in PUBLIC_OPTION_KEYS and re.fullmatch(r"-?\d+", raw):
             value = int(raw)
         target = options
-        *parents, leaf = key.split(".")
         for parent in parents:
             target = target.setdefault(parent, {})
         target[leaf] = value
@@ -60,8 +62,9 @@ def secret_values(options: Mapping[str, Any]) -> list[str]:
     for key, value in options.items():
         if isinstance(value, Mapping):
             found.extend(secret_values(value))
-        elif key not in PUBLIC_OPTION_KEYS and isinstance(value, str) and value:
-            found.append(value)
+        elif key not in PUBLIC_OPTION_KEYS and isinstance(value, (str, int, float)) \
+                and not isinstance(value, bool) and str(value):
+            found.append(str(value))  # a number from a job file can be a secret too
     return sorted(set(found), key=len, reverse=True)
 
 
@@ -78,12 +81,37 @@ def redact_options(options: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def redact_text(text: str, secrets: Iterable[str]) -> str:
-    """Replace every occurrence of a secret in ``text`` (error messages may echo request data)."""
+# ``user:password@`` after a URL's scheme, and a URL's query string (pre-signed URLs carry their
+# signature or token there)
+_URL_USERINFO = re.compile(r"(?<=://)[^/@\s'\"]+@")
+_URL_QUERY = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s?'\"]*)\?[^\s'\"]+")
+
+
+def redact_url(url: str) -> str:
+    """``url`` safe to write or print: ``user:password@`` and the query string become ``***``.
+
+    >>> redact_url("https://bob:hunter2@example.org/a.csv?X-Amz-Signature=abc")
+    'https://***@example.org/a.csv?***'
+    """
+    return _URL_QUERY.sub(rf"\1?{REDACTED}", _URL_USERINFO.sub(f"{REDACTED}@", url))
+
+
+def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """Replace every occurrence of a secret in ``text`` (error messages may echo request data),
+    and the credentials and query strings of the URLs in it (:func:`redact_url`)."""
     for secret in secrets:
         if len(secret) >= 3:
             text = text.replace(secret, REDACTED)
-    return text
+    return redact_url(text)
+
+
+def location(url: str) -> str:
+    """What identifies INPUT or OUT across runs: a local path made absolute with its links resolved
+    (``corpus``, ``./corpus/`` and ``/data/corpus`` are one place, and the same relative name typed
+    in another folder is not), a URL without trailing slash and without its credentials."""
+    if "://" not in url and not url.startswith("file:"):
+        return os.path.realpath(url)
+    return redact_url(url).rstrip("/")
 
 
 def filesystem(url: str, storage_options: Mapping[str, Any] | None = None):

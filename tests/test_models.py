@@ -118,6 +118,28 @@ def test_unsafe_lambda_layer_is_refused_by_safe_mode(tmp_path):
         load_ensemble(b)
 
 
+def test_a_member_file_that_is_not_keras_v3_is_refused(tiny_bundle, tmp_path):
+    """Keras loads HDF5 without safe mode: a bundle may only name .keras files, hashes or not."""
+    import shutil
+
+    from grv_batch.models.bundle import MANIFEST, sha256_file
+
+    bad = tmp_path / "h5"
+    shutil.copytree(tiny_bundle, bad)
+    (bad / "cv_mel.keras").rename(bad / "cv_mel.h5")
+    spec = json.loads((bad / "ensemble.json").read_text())
+    spec["members"]["cv_mel"]["file"] = "cv_mel.h5"
+    (bad / "ensemble.json").write_text(json.dumps(spec))
+    manifest = json.loads((bad / MANIFEST).read_text())
+    manifest["files"] = {("cv_mel.h5" if f == "cv_mel.keras" else f): None for f in manifest["files"]}
+    manifest["files"] = {f: sha256_file(bad / f) for f in manifest["files"]}
+    (bad / MANIFEST).write_text(json.dumps(manifest))
+    verify_bundle(bad)                      # intact: the refusal is about the format
+    clear_cache()
+    with pytest.raises(BundleError, match="not a .keras file"):
+        load_ensemble(bad)
+
+
 # --- combine_file known answers -------------------------------------------------------------------
 
 

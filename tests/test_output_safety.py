@@ -96,3 +96,65 @@ def test_cli_refuses_out_equal_to_input_with_one_line(corpus):
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and "contains it" in lines[0], proc.stderr
     assert _audio(folder) == before
+
+
+def test_input_is_identified_by_where_it_is_not_how_it_was_typed(corpus, tmp_path, monkeypatch):
+    """``audio``, ``./audio/`` and the absolute path are one INPUT; the same relative name typed in
+    another folder is another INPUT, whose results must not be mixed into this OUT."""
+    folder, _ = corpus
+    out = tmp_path / "out"
+    monkeypatch.chdir(folder.parent)
+    assert not plan_run("audio", str(out), JobSpec()).resuming
+    assert plan_run("./audio/", str(out), JobSpec()).resuming
+    assert plan_run(str(folder), str(out), JobSpec()).resuming
+    other = tmp_path / "elsewhere"
+    make_mixed_corpus(other / "audio", n_voices=2, broken=False)
+    monkeypatch.chdir(other)
+    with pytest.raises(OutputConflict, match="a different input"):
+        plan_run("audio", str(out), JobSpec())
+
+
+def test_a_report_intersection_that_names_no_column_is_refused_before_any_audio(corpus, tmp_path):
+    folder, meta = corpus
+    job = JobSpec.model_validate({"report": {"intersections": [["condition", "accent"]]}})
+    with pytest.raises(InputError, match="intersections names 'accent'"):
+        plan_run(str(folder), str(tmp_path / "out"), job, metadata_url=str(meta))
+    ok = JobSpec.model_validate({"report": {"intersections": [["condition", "pitch_band"]]}})
+    plan_run(str(folder), str(tmp_path / "out"), ok, metadata_url=str(meta))
+
+
+@pytest.mark.parametrize("url, message", [("foo://bucket/x", "Protocol not known"),
+                                          ("zzz-no-such-scheme://b/x", "cannot be used")])
+def test_an_unknown_url_scheme_is_one_clear_error(corpus, tmp_path, url, message):
+    folder, _ = corpus
+    with pytest.raises(InputError, match=message):
+        plan_run(url, str(tmp_path / "out"), JobSpec())
+    with pytest.raises(InputError, match="OUT"):
+        plan_run(str(folder), url, JobSpec())
+
+
+def test_a_relative_bundle_reaches_workers_as_an_absolute_path(corpus, tmp_path, monkeypatch):
+    from grv_batch.models.testing import make_tiny_bundle
+
+    folder, _ = corpus
+    make_tiny_bundle(tmp_path / "bundle")
+    monkeypatch.chdir(tmp_path)
+    plan = plan_run(str(folder), str(tmp_path / "out"),
+                    JobSpec.model_validate({"model": {"bundle": "bundle"}}))
+    assert plan.job.model.bundle == str(tmp_path / "bundle")
+
+
+def test_credentials_in_urls_never_reach_the_job_record(corpus, tmp_path):
+    import json
+
+    from grv_batch import storage
+
+    folder, _ = corpus
+    assert storage.redact_url("https://bob:hunter2@host/m.csv?X-Amz-Signature=abc&t=1") == \
+        "https://***@host/m.csv?***"
+    assert storage.redact_text("metadata s3://k:s3cret@b/m.csv?token=zz cannot be read") == \
+        "metadata s3://***@b/m.csv?*** cannot be read"
+    plan_run(str(folder), str(tmp_path / "out"), JobSpec())
+    record = json.loads((tmp_path / "out" / "_job.json").read_text())
+    assert record["input"] == str(folder)
+    assert storage.location("s3://k:s3cret@b/audio/?x=1") == "s3://***@b/audio/?***"

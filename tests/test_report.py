@@ -39,7 +39,7 @@ def make_run(*, seed: int = 7, ground_truth: bool = True, n_speakers: int = 48, 
             z = skill + rng.normal(0, 1.0)
             pm = 1 / (1 + np.exp(-z)) if gender == "male" else 1 / (1 + np.exp(z))
             if s == 0 and k == 0:
-                pm = 0.5  # decision p_male > 0.5 is strict: this counts as 'female'
+                pm = 0.5  # no evidence: no decision, wrong for either gender
             conf = max(pm, 1 - pm)
             speech = float(rng.uniform(0.5, 25))
             label = "uncertain" if (conf < 0.7 or speech < 1.0) else ("male" if pm > 0.5 else "female")
@@ -141,6 +141,7 @@ def expected_metric(d: pd.DataFrame, metric: str) -> tuple[float, int, int]:
     conf = d[d["label"] != "uncertain"]
     y = gt["gender"] == "male"
     dec = gt["p_male"] > 0.5
+    decided = gt["p_male"] != 0.5  # exactly 0.5 (no speech) is no decision: wrong either way
     if metric == "n":
         sub, v = d, float(len(d))
     elif metric == "coverage":
@@ -150,13 +151,13 @@ def expected_metric(d: pd.DataFrame, metric: str) -> tuple[float, int, int]:
     elif metric == "mean_confidence":
         sub, v = d, d["confidence"].mean()
     elif metric == "accuracy":
-        sub, v = gt, (dec == y).mean()
+        sub, v = gt, ((dec == y) & decided).mean()
     elif metric == "accuracy_confident":
         sub = gt[gt["label"] != "uncertain"]
         v = (sub["label"] == sub["gender"]).mean()
     elif metric == "recall_female":
         sub = gt[~y]
-        v = (sub["p_male"] <= 0.5).mean()
+        v = (sub["p_male"] < 0.5).mean()
     elif metric == "recall_male":
         sub = gt[y]
         v = (sub["p_male"] > 0.5).mean()
@@ -311,7 +312,7 @@ def test_metadata_rejoin(tmp_path):
                           params=ReportParams(n_bootstrap=20, derived_bands=False))
     g = pd.read_parquet(Path(folder) / "groups.parquet")
     acc = g[(g["group_by"] == "all") & (g["metric"] == "accuracy")]["value"].iloc[0]
-    assert acc == pytest.approx((pred["p_male"] <= 0.5).mean())
+    assert acc == pytest.approx((pred["p_male"] < 0.5).mean())
     assert "site" in set(g["group_by"])
     assert g[(g["group_by"] == "all") & (g["metric"] == "recall_male")]["value"].isna().all()
 
@@ -394,3 +395,31 @@ def test_metadata_column_named_like_a_band_keeps_its_name():
     g = group_metrics(pred, feat, params=ReportParams(n_bootstrap=0))
     assert set(g.loc[g["group_by"] == "pitch_band", "group"]) == {"low", "high"}
     assert "<120 Hz" in set(g.loc[g["group_by"] == "pitch_band_derived", "group"])
+
+
+def test_rejoined_metadata_never_replaces_pipeline_columns_and_must_match(tmp_path):
+    tables = make_run(n_speakers=6, files_per=2)
+    pred = tables[0]
+    out = write_run(tmp_path, tables)
+    meta = pred[["path", "gender"]].assign(label="female", p_male=0.0)
+    meta.to_csv(tmp_path / "meta.csv", index=False)
+    params = ReportParams(n_bootstrap=0, derived_bands=False)
+    build_report(str(out), metadata=str(tmp_path / "meta.csv"), params=params)
+    g = pd.read_parquet(Path(out) / "report" / "groups.parquet")
+    coverage = g[(g["group_by"] == "all") & (g["metric"] == "coverage")]["value"].iloc[0]
+    assert coverage == pytest.approx((pred["label"] != "uncertain").mean())  # labels kept
+    # absolute paths are made relative to the run's INPUT, as grv-batch run does
+    meta.assign(path="/data/in/" + meta["path"]).to_csv(tmp_path / "abs.csv", index=False)
+    build_report(str(out), metadata=str(tmp_path / "abs.csv"), params=params, input_url="/data/in")
+    with pytest.raises(ReportInputError, match="no path matches a file of the run"):
+        build_report(str(out), metadata=str(tmp_path / "abs.csv"), params=params)
+
+
+def test_group_names_with_dollar_signs_are_drawn_as_text(tmp_path):
+    tables = make_run(n_speakers=6, files_per=2)
+    pred = tables[0]
+    pred["income"] = np.where(np.arange(len(pred)) % 2, "$10k-$20k", r"a$\foo$b")
+    out = write_run(tmp_path, tables)
+    folder = build_report(str(out), params=ReportParams(groups=["income"], n_bootstrap=0,
+                                                        derived_bands=False))
+    assert (Path(folder) / "report.html").exists()

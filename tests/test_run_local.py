@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -225,6 +226,22 @@ def test_interrupted_run_resumes_exactly_once(tmp_path):
     # finished (wall time is dominated by cluster start and model loading at this size).
     assert run["batches"]["run_now"] <= n_batches - n_batches // 2
     print(f"full run {full_s:.1f} s, resumed after kill {resumed_s:.1f} s")
+
+    # Rows lost or doubled after the fact (a shard deleted; a stray task of an interrupted run
+    # writing a second shard): the next run redoes the batch whose rows are missing, stops on
+    # the duplicate with one line, and the run after it repairs that too.
+    n_files = len(read_table(out, "files"))
+    shards = sorted((out / "files").glob("part-*.parquet"))
+    shards[0].unlink()
+    doubled = shards[1].name[len("part-"):-len(".parquet")]
+    shutil.copy(shards[1], out / "files" / f"part-{doubled}.0.parquet")
+    first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert first.returncode == 2 and "1 duplicated" in first.stderr and "again" in first.stderr
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr
+    files = read_table(out, "files")
+    assert files["file_id"].is_unique and len(files) == n_files
+    assert json.loads((out / "_run.json").read_text())["batches"]["run_now"] == 1
 
 
 def test_a_file_that_kills_every_worker_becomes_an_error_row(tmp_path):

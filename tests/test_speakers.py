@@ -109,3 +109,9 @@ def test_without_speech_column_weights_by_confidence():
     sp = aggregate_speakers(df, params=SpeakerParams()).iloc[0]
     z = (0.9 * np.log(9) + 0.6 * np.log(1.5)) / 1.5
     assert sp["p_male"] == pytest.approx(1 / (1 + np.exp(-z)))
+
+
+def test_metadata_named_like_a_speaker_column_never_replaces_it():
+    df = _preds([_row("a", "s1", 0.9), _row("b", "s1", 0.95)]).assign(n_files=7, agreement="x")
+    sp = aggregate_speakers(df, params=SpeakerParams()).set_index("speaker_id")
+    assert sp.loc["s1", "n_files"] == 2 and sp.loc["s1", "agreement"] == 1.0

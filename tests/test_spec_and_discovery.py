@@ -207,3 +207,41 @@ def test_storage_options_parse_and_redact():
         "denied for *** at x"
     with pytest.raises(ValueError, match="KEY=VALUE"):
         storage.parse_storage_options(["novalue"])
+
+
+def test_numeric_looking_secrets_reach_the_back_end_as_typed_and_are_redacted():
+    options = storage.parse_storage_options(["password=0012345", "default_block_size=5242880"])
+    assert options == {"password": "0012345", "default_block_size": 5242880}
+    assert "12345" in storage.secret_values({"token": 12345, "anon": True})
+    assert storage.redact_text("bad token 12345", storage.secret_values({"token": 12345})) == \
+        "bad token ***"
+
+
+def test_a_rate_too_low_to_denoise_is_refused_in_the_job():
+    with pytest.raises(JobError, match="too low to denoise"):
+        load_job(overrides={"resample": {"sample_rate": 8000}})
+    job = load_job(overrides={"resample": {"sample_rate": 8000}, "denoise": {"enabled": False}})
+    assert job.analysis_changes() == ["[resample]", "[denoise]"]
+
+
+def test_analysis_changes_name_what_the_models_were_not_trained_on():
+    assert JobSpec().analysis_changes() == []
+    for path in sorted((Path(__file__).parents[1] / "jobs").glob("*.toml")):  # examples keep them
+        assert load_job(path).analysis_changes() == [], path
+    job = load_job(overrides={"normalize": {"method": "loudness"}, "decode": {"channel": 0},
+                              "model": {"min_speech_s": 2.0}})
+    assert job.analysis_changes() == ["[normalize]"]
+
+
+@pytest.mark.parametrize("model", [{"batch_size": 0}, {"batch_size": -4}, {"confidence_threshold": 3},
+                                   {"confidence_threshold": 0.2}, {"min_speech_s": -1},
+                                   {"disagreement": 1.5}])
+def test_model_settings_out_of_range_are_refused(model):
+    with pytest.raises(JobError, match=r"\[model\]"):
+        load_job(overrides={"model": model})
+
+
+def test_metadata_with_an_empty_path_is_one_clear_error(tmp_path):
+    (tmp_path / "m.csv").write_text("path,gender\na.wav,female\n,male\n")
+    with pytest.raises(InputError, match="1 row.* empty 'path' .rows 3"):
+        load_metadata(str(tmp_path / "m.csv"))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pydantic import Field
 
 from grv_batch._params import Params
 from grv_batch.models import calibration as cal
@@ -28,14 +29,14 @@ class ModelParams(Params):
     members: list[str] | None = None
     #: minimum calibrated confidence max(p, 1-p) for a female/male label; None -> the bundle's
     #: recommended value (chosen by cross-validation), else 0.8
-    confidence_threshold: float | None = None
+    confidence_threshold: float | None = Field(None, ge=0.5, le=1.0)
     #: files with less detected speech than this (seconds) are uncertain (too_little_speech)
-    min_speech_s: float = 1.0
+    min_speech_s: float = Field(1.0, ge=0.0)
     #: max allowed spread (max - min) of member probabilities when they point to different labels;
     #: above it the file is uncertain (members_disagree). None -> the bundle's value, else 0.6
-    disagreement: float | None = None
+    disagreement: float | None = Field(None, ge=0.0, le=1.0)
     #: batch size for Keras predict
-    batch_size: int = 32
+    batch_size: int = Field(32, ge=1, le=65536)
 
 
 def _logit(p):
@@ -225,6 +226,10 @@ def _load_models(root: Path, spec: dict, members: list[str]) -> dict:
     models = {}
     for m in members:
         path = root / spec["members"][m]["file"]
+        if path.suffix != ".keras":
+            # safe mode only covers the Keras v3 format: Keras loads HDF5 (.h5) without it
+            raise BundleError(f"member {m!r}: {path.name} is not a .keras file; bundles hold only "
+                              f"Keras v3 files, which load in safe mode")
         models[m] = keras.saving.load_model(path, compile=False, safe_mode=True)
     return models
 

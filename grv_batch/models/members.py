@@ -113,6 +113,8 @@ def predict_rows(model, X: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
     ``predict_on_batch`` calls on chunks padded to a power-of-two size reuse a handful of traced
     graphs for the whole life of the worker.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     out = np.empty(len(X), np.float64)
     for start in range(0, len(X), batch_size):
         chunk = X[start:start + batch_size]

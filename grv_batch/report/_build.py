@@ -13,7 +13,7 @@ from grv_batch.discovery import load_metadata
 from . import _html as H
 from ._config import ReportInputError, ReportParams
 from ._io import join_url, parquet_bytes, read_table, rejoin_metadata, write_bytes
-from ._metrics import BANDS, _ground_truth, build_groupings, evaluate, gaps_from_results
+from ._metrics import BANDS, _ground_truth, build_groupings, decisions, evaluate, gaps_from_results
 
 FEATURE_COLUMNS = [b[1] for b in BANDS]
 
@@ -29,6 +29,7 @@ def build_report(
     metadata: str | None = None,
     params: ReportParams | None = None,
     storage_options: dict | None = None,
+    input_url: str | None = None,
 ) -> str:
     """Build ``OUT/report/groups.parquet`` and ``OUT/report/report.html`` from a finished run.
 
@@ -47,6 +48,9 @@ def build_report(
         Groupings, bootstrap and size thresholds; defaults to ``ReportParams()``.
     storage_options : dict or None
         fsspec options for ``out`` and ``metadata`` (credentials, endpoint). Never written out.
+    input_url : str or None
+        The run's INPUT, so that ``metadata`` paths given as full URLs or absolute paths are made
+        relative to it, as ``grv-batch run`` does (``_run.json`` records it).
 
     Returns
     -------
@@ -61,7 +65,8 @@ def build_report(
     files = read_table(out, "files", storage_options)
     speakers = read_table(out, "speakers", storage_options)
     if metadata is not None:
-        predictions = rejoin_metadata(predictions, load_metadata(metadata, storage_options=storage_options))
+        meta = load_metadata(metadata, input_url=input_url, storage_options=storage_options)
+        predictions = rejoin_metadata(predictions, meta, source=metadata)
     if files is not None and "duration_s" in files.columns and "duration_s" not in predictions.columns:
         dur = files.drop_duplicates("file_id").set_index("file_id")["duration_s"]
         predictions = predictions.assign(duration_s=predictions["file_id"].map(dur))
@@ -113,7 +118,7 @@ def render_html(
     conf = pd.to_numeric(predictions["confidence"], errors="coerce").to_numpy(dtype=float)
     y = (gt == "male").to_numpy()
     has_gt = gt.notna().to_numpy() & ~np.isnan(p)
-    correct = (p > 0.5) == y
+    correct = decisions(p) == y
     overall = _metric_row(table, "all", "all")
     groupings = build_groupings(predictions, features, params)
     speakers_known = "speaker_id" in predictions.columns and predictions["speaker_id"].notna().any()

@@ -95,9 +95,9 @@ def table(
     )
     body = []
     for k, row in enumerate(rows):
-        cls = f' class="{row_classes[k]}"' if row_classes and row_classes[k] else ""
+        row_cls = f' class="{row_classes[k]}"' if row_classes and row_classes[k] else ""
         tds = "".join(f'<td class="{"l" if i < left else ""}">{c}</td>' for i, c in enumerate(row))
-        body.append(f"<tr{cls}>{tds}</tr>")
+        body.append(f"<tr{row_cls}>{tds}</tr>")
     klass = f' class="{cls}"' if cls else ""
     return f"<table{klass}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import io
 
 import pandas as pd
+import pyarrow as pa
 
 from grv_batch import storage
+
+from ._config import ReportInputError
 
 
 def join_url(base: str, *parts: str) -> str:
@@ -35,8 +38,27 @@ def read_dataset(
     return None if table is None else table.to_pandas()
 
 
-def rejoin_metadata(predictions: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
-    """Replace the carried metadata columns of ``predictions`` by those of ``meta`` (joined on path)."""
+def rejoin_metadata(predictions: pd.DataFrame, meta: pd.DataFrame, *, source: str = "metadata") -> pd.DataFrame:
+    """Replace the carried metadata columns of ``predictions`` by those of ``meta`` (joined on path).
+
+    Columns the pipeline writes (``label``, ``p_male``...) are never replaced: a metadata column of
+    that name is left out, as ``grv-batch run`` does.
+
+    Raises
+    ------
+    ReportInputError
+        When no path of ``meta`` is a file of the run (a report without its ground truth or
+        groups would look like a finished one).
+    """
+    from grv_batch.pipeline import predictions_schema
+
+    own = set(predictions_schema((), pa.schema([])).names) - {"speaker_id"}
+    meta = meta.drop(columns=[c for c in meta.columns
+                              if c != "path" and (c in own or str(c).startswith("p_male_"))])
+    if len(predictions) and not predictions["path"].isin(meta["path"]).any():
+        examples = ", ".join(map(str, meta["path"].head(2)))
+        raise ReportInputError(f"{source}: no path matches a file of the run (e.g. {examples}; "
+                               f"paths are relative to the run's INPUT, as in the files table)")
     replaced = [c for c in meta.columns if c != "path" and c in predictions.columns]
     base = predictions.drop(columns=replaced)
     merged = base.merge(meta, on="path", how="left", validate="many_to_one")

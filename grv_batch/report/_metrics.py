@@ -108,6 +108,17 @@ def has_ground_truth(predictions: pd.DataFrame) -> bool:
     return bool(_ground_truth(predictions).notna().any())
 
 
+def decisions(p: np.ndarray) -> np.ndarray:
+    """The forced decision per file: 1 male (``p_male > 0.5``), 0 female (``< 0.5``), -1 none.
+
+    A file without any detected speech gets exactly 0.5 (no evidence); it is wrong for either
+    gender instead of counting as female, which would show a spurious bias towards women in
+    every group with many silent or very short files.
+    """
+    p = np.asarray(p, dtype=float)
+    return np.where(p > 0.5, 1, np.where(p < 0.5, 0, -1))
+
+
 def file_stats(predictions: pd.DataFrame) -> np.ndarray:
     """Per-file vector of sums from which every metric is a ratio, shape (n_files, K)."""
     n = len(predictions)
@@ -117,7 +128,8 @@ def file_stats(predictions: pd.DataFrame) -> np.ndarray:
     gt = _ground_truth(predictions).to_numpy(dtype=object)
     has_gt = pd.notna(gt) & ~np.isnan(p)
     y = gt == "male"
-    pred_male = p > 0.5
+    decided = decisions(p)
+    pred_male, pred_female = decided == 1, decided == 0
     confident = (label == "female") | (label == "male")
     s = np.zeros((n, _N_STATS), dtype=float)
     s[:, _S_N] = 1.0
@@ -125,11 +137,11 @@ def file_stats(predictions: pd.DataFrame) -> np.ndarray:
     s[:, _S_CONF_F] = confident & (label == "female")
     s[:, _S_CONFSUM] = np.nan_to_num(conf)
     s[:, _S_GT] = has_gt
-    s[:, _S_CORRECT] = has_gt & (pred_male == y)
+    s[:, _S_CORRECT] = has_gt & np.where(y, pred_male, pred_female)
     s[:, _S_GT_CONF] = has_gt & confident
     s[:, _S_GT_CONF_OK] = has_gt & confident & ((label == "male") == y)
     s[:, _S_F] = has_gt & ~y
-    s[:, _S_F_OK] = has_gt & ~y & ~pred_male
+    s[:, _S_F_OK] = has_gt & ~y & pred_female
     s[:, _S_M] = has_gt & y
     s[:, _S_M_OK] = has_gt & y & pred_male
     pc = np.clip(np.nan_to_num(p), 0.0, 1.0)
@@ -492,7 +504,7 @@ def _fairlearn_check(
     from fairlearn.metrics import MetricFrame
 
     y = (_ground_truth(predictions) == "male").to_numpy()[idx].astype(int)
-    yhat = (pd.to_numeric(predictions["p_male"], errors="coerce").to_numpy() > 0.5)[idx].astype(int)
+    yhat = decisions(pd.to_numeric(predictions["p_male"], errors="coerce").to_numpy())[idx]
     sub_stats = stats[idx]
 
     def _acc(t: np.ndarray, p: np.ndarray) -> float:

@@ -70,7 +70,11 @@ def bars(table: pd.DataFrame, metrics: list[str], order: list[str], overall: dic
 
 
 def _short(text: str, width: int = 28) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+    """A group name as a plot label: shortened, and with ``$`` escaped (matplotlib would read
+    ``$...$`` as mathtext: ``$10k-$20k`` garbled, ``a$\\foo$b`` an exception)."""
+    text = str(text)
+    text = text if len(text) <= width else text[: width - 1] + "…"
+    return text.replace("$", r"\$")
 
 
 def reliability_points(p: np.ndarray, y: np.ndarray) -> pd.DataFrame:

@@ -163,8 +163,15 @@ class _AVFile:
         except av.error.FFmpegError as exc:
             raise RuntimeError(_av_reason(exc)) from exc
         if self._resampler is None:
-            # packed float32 at the stream's own rate and channel layout: a format change only
-            self._resampler = av.AudioResampler(format="flt", layout=frame.layout, rate=frame.sample_rate)
+            # packed float32 in the layout and at the rate the stream declares (what ``channels``
+            # and ``samplerate`` report), whatever the decoder hands out: usually a format change
+            # only; a frame that differs is converted instead of being misread
+            layout = self._stream.codec_context.layout
+            if layout is None or layout.nb_channels != self.channels:
+                layout = frame.layout
+                self.channels = layout.nb_channels
+            self._resampler = av.AudioResampler(format="flt", layout=layout,
+                                                rate=self.samplerate or frame.sample_rate)
         out = []
         for f in self._resampler.resample(frame):
             out.append(f.to_ndarray().reshape(-1, self.channels))
