@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -27,15 +28,16 @@ StorageOptions = Annotated[
 ]
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, *, code: int = 2) -> None:
     from rich.markup import escape
 
     from grv_batch.storage import redact_url
 
     # escape: messages quote job-file sections ("[execution]") and paths, which are not markup;
     # URLs lose their credentials and query strings, whoever wrote the message
-    console.print(f"[red]error:[/red] {escape(redact_url(message))}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code=2)
+    message = " ".join(redact_url(message).split())  # one line, whatever a library wrote
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=code)
 
 
 def _quiet_libraries() -> None:
@@ -59,7 +61,8 @@ def run(
     from grv_batch import runner
     from grv_batch.models import BundleError
     from grv_batch.spec import JobError, load_job
-    from grv_batch.storage import parse_storage_options, redact_text, redact_url, secret_values
+    from grv_batch.storage import (merge_options, parse_storage_options, redact_text, redact_url,
+                                   secret_values, url_secrets)
 
     try:
         overrides: dict = {"execution": {}, "output": {}}
@@ -67,34 +70,45 @@ def run(
             overrides["execution"]["scheduler"] = scheduler or os.environ["DASK_SCHEDULER_ADDRESS"]
         if workers:
             overrides["execution"]["workers"] = workers
-            if "scheduler" in overrides["execution"]:
-                console.print("[yellow]--workers is ignored: the named scheduler's workers run the "
-                              "job[/yellow]")
         if overwrite:
             overrides["output"]["overwrite"] = True
         cli_options = parse_storage_options(storage_option or [])
         spec = load_job(job, overrides=overrides)
-        if cli_options:
-            spec = spec.model_copy(update={"storage_options": {**spec.storage_options, **cli_options}})
+        if cli_options:  # a dotted -s key overrides one nested option, not its whole table
+            spec = spec.model_copy(update={"storage_options": merge_options(spec.storage_options,
+                                                                            cli_options)})
     except (JobError, ValueError) as exc:
         _fail(str(exc))
+    if workers and spec.execution.scheduler:
+        console.print("[yellow]--workers is ignored: the named scheduler's workers run the job[/yellow]")
+    secrets = [*secret_values(spec.storage_options), *url_secrets(input), *url_secrets(out),
+               *url_secrets(metadata or "")]
     try:
         plan = runner.plan_run(input, out, spec, metadata_url=metadata, console=console)
-        with runner.dask_client(spec.execution, console=console) as client:
+        # nothing left to run (a rerun of a finished job): no cluster to start
+        cluster = (runner.dask_client(spec.execution, console=console)
+                   if len(plan.done) < len(plan.tasks) else contextlib.nullcontext())
+        with cluster as client:
             summary = runner.run_job(input, out, spec, client=client, metadata_url=metadata,
                                      console=console, progress=not no_progress, plan=plan)
+    except KeyboardInterrupt:
+        _fail("interrupted; finished batches are kept: run the same command again to resume",
+              code=130)
     except (runner.InputError, runner.OutputConflict, runner.IncompleteRun, runner.RunFailed) as exc:
-        _fail(redact_text(str(exc), secret_values(spec.storage_options)))
+        _fail(redact_text(str(exc), secrets))
     except BundleError as exc:
         _fail(f"model bundle: {exc}")
     except OSError as exc:
-        _fail(redact_text(f"{type(exc).__name__}: {exc}", secret_values(spec.storage_options)))
-    console.print(
-        f"Done: {summary.n_files} file(s), {summary.n_ok} ok, {summary.n_error} error; "
-        f"{summary.audio_s / 3600:.2f} h of audio in {summary.wall_s:.1f} s "
-        f"({summary.audio_s / max(summary.wall_s, 1e-9):.0f}x realtime)"
-        + (f"; {summary.n_batches_skipped} batch(es) already done" if summary.n_batches_skipped else ""),
-        markup=False)
+        _fail(redact_text(f"{type(exc).__name__}: {exc}", secrets))
+    if summary.n_batches_skipped == summary.n_batches:
+        done = f"nothing left to run, all {summary.n_batches} batch(es) were already done"
+    else:
+        done = (f"{summary.audio_s / 3600:.2f} h of audio in {summary.wall_s:.1f} s "
+                f"({summary.audio_s / max(summary.wall_s, 1e-9):.0f}x realtime)"
+                + (f"; {summary.n_batches_skipped} batch(es) already done"
+                   if summary.n_batches_skipped else ""))
+    console.print(f"Done: {summary.n_files} file(s), {summary.n_ok} ok, {summary.n_error} error; "
+                  f"{done}", markup=False)
     console.print(f"Tables: {redact_url(out).rstrip('/')}/files, features, predictions, speakers"
                   + (f"; report: {redact_url(summary.report)}/report.html" if summary.report else ""),
                   markup=False)
@@ -150,11 +164,14 @@ def train(
     if commonvoice is None and cv_mel_model is None:
         guess = metadata.parent / "commonvoice-mel128" / "features.parquet"
         commonvoice = guess if guess.exists() else None
-    train_bundle(metadata=metadata, data_root=data_root, out=out, commonvoice=commonvoice,
-                 cv_mel_model=cv_mel_model, seed_model=seed_model, folds=folds, seed=seed,
-                 variants=tuple(names["variants"]), eval_variants=tuple(names["eval-variants"]),
-                 heldout_corpus=heldout_corpus, epochs=per_member, cache=cache, report=report,
-                 version=version, workers=workers)
+    try:
+        train_bundle(metadata=metadata, data_root=data_root, out=out, commonvoice=commonvoice,
+                     cv_mel_model=cv_mel_model, seed_model=seed_model, folds=folds, seed=seed,
+                     variants=tuple(names["variants"]), eval_variants=tuple(names["eval-variants"]),
+                     heldout_corpus=heldout_corpus, epochs=per_member, cache=cache, report=report,
+                     version=version, workers=workers)
+    except ValueError as exc:  # the manifest or the data: what train_bundle checks and says
+        _fail(str(exc))
     console.print(f"Model bundle written to {out} (model card: {out / 'model_card.md'}); "
                   f"use it with [model] bundle = \"{out}\" in a job file", markup=False)
 

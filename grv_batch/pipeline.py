@@ -112,6 +112,14 @@ def predictions_schema(member_names: Sequence[str], metadata_schema: pa.Schema) 
     return pa.schema(fields)
 
 
+def metadata_name_clashes(columns: Sequence[str]) -> list[str]:
+    """Metadata columns named like a column grv-batch itself writes into ``predictions``
+    (``label``, ``confidence``, ``p_male_*``...): carrying them would mean dropping one of the two.
+    ``speaker_id`` and ``gender`` are inputs, not clashes."""
+    own = set(predictions_schema((), pa.schema([])).names) - {"path", "speaker_id"}
+    return [c for c in columns if c in own or str(c).startswith("p_male_")]
+
+
 _WORKER_READY = False
 
 #: glibc heap settings for worker processes, in bytes (see :func:`_relax_malloc_trimming`).

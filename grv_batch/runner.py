@@ -27,8 +27,8 @@ from grv_batch._version import __version__
 from grv_batch.discovery import (Corpus, InputError, batch_id_for, discover, join_metadata,
                                  load_metadata, plan_batches)
 from grv_batch.pipeline import (BATCHES_DIR, SHARD_TABLES, BatchTask, OutputLayout,
-                                error_batch_record, features_schema, predictions_schema,
-                                process_batch)
+                                error_batch_record, features_schema, metadata_name_clashes,
+                                predictions_schema, process_batch)
 
 JOB_FILE = "_job.json"
 MIN_TASKS = 32  # split a corpus into at least this many tasks when batches allow
@@ -108,9 +108,13 @@ def dask_client(execution, *, console=None) -> Iterator[Any]:
     with warnings.catch_warnings(), dask.config.set(profiling):
         # A busy dashboard port is not a problem: Dask picks another and we print the real link.
         warnings.filterwarnings("ignore", message="Port .* is already in use")
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=execution.threads_per_worker,
-                               processes=True, memory_limit=execution.memory_limit,
-                               dashboard_address=execution.dashboard_address)
+        try:
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=execution.threads_per_worker,
+                                   processes=True, memory_limit=execution.memory_limit,
+                                   dashboard_address=execution.dashboard_address)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise RunFailed(f"the local Dask cluster could not start ([execution]): "
+                            f"{type(exc).__name__}: {exc}") from exc
     try:
         with Client(cluster) as client:
             if console:
@@ -294,6 +298,11 @@ def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = No
     corpus = discover(input_url, job.input, storage_options=options)
     metadata = (load_metadata(metadata_url, input_url=input_url, storage_options=options)
                 if metadata_url else None)
+    clashes = metadata_name_clashes(list(metadata.columns)) if metadata is not None else []
+    if clashes:
+        raise InputError(f"metadata {metadata_url}: column(s) {', '.join(map(repr, clashes))} have the "
+                         f"name of a column grv-batch writes into predictions; rename them (e.g. "
+                         f"{clashes[0]!r} -> 'meta_{clashes[0]}')")
     joined = join_metadata(corpus, metadata)
     if metadata is not None:
         say(f"Metadata: {len(metadata)} rows; {joined.files_without_metadata} file(s) without a "
@@ -678,7 +687,7 @@ def _write_speakers(fs, out: str, job, options: Mapping[str, Any]) -> int:
     speakers = aggregate_speakers(predictions, params=job.speakers)
     folder = storage.join(out, "speakers")
     storage.write_parquet_atomic(fs, storage.join(folder, "part-0.parquet"),
-                                 pa.Table.from_pandas(speakers, preserve_index=False),
+                                 storage.plain_strings(pa.Table.from_pandas(speakers, preserve_index=False)),
                                  compression=job.output.compression)
     return int(len(speakers))
 
@@ -712,6 +721,12 @@ def _member_names(params) -> tuple[tuple[str, ...], str]:
     verify_bundle(root)
     available = list(json.loads((root / ENSEMBLE_JSON).read_text())["members"])
     members = tuple(params.members if params.members is not None else available)
+    unknown = [m for m in members if m not in available]
+    if unknown or not members:
+        raise InputError(f"[model] members {list(members)}: "
+                         + (f"the bundle has no member {', '.join(map(repr, unknown))}; "
+                            if unknown else "at least one is needed; ")
+                         + f"its members are {', '.join(available)}")
     return members, sha256_file(root / MANIFEST)
 
 

@@ -15,7 +15,7 @@ import re
 
 import numpy as np
 import pandas as pd
-from pydantic import field_validator
+from pydantic import Field, field_validator
 
 from grv_batch._params import Params
 
@@ -36,10 +36,10 @@ class SpeakerParams(Params):
     #: ``speaker_id`` in the metadata, e.g. ``"(?P<speaker>[^/]+)/[^/]+$"`` for speaker folders
     from_path: str | None = None
     #: minimum pooled confidence for a female/male speaker label, else ``uncertain``
-    confidence_threshold: float = 0.8
+    confidence_threshold: float = Field(0.8, ge=0.5, le=1.0)
     #: flag ``files_disagree`` when more than this share of a speaker's confident files take the
     #: other side (needs at least 2 confident files)
-    disagreement: float = 0.2
+    disagreement: float = Field(0.2, ge=0.0, le=1.0)
 
     @field_validator("from_path")
     @classmethod

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from grv_batch._params import Params
 from grv_batch.discovery import InputParams
@@ -29,6 +29,7 @@ from grv_batch.stages.normalize import NormalizeParams
 from grv_batch.stages.resample import ResampleParams
 from grv_batch.stages.segment import SegmentParams
 from grv_batch.stages.speech import SpeechParams
+from grv_batch.storage import merge_options
 
 
 class ExecutionParams(Params):
@@ -67,8 +68,20 @@ class ExecutionParams(Params):
     batch_audio_s: float = Field(default=300.0, gt=0)
     max_files_per_batch: int = Field(default=200, ge=1)
     retries: int = Field(default=2, ge=0)
-    dashboard_address: str = ":8787"
+    dashboard_address: str = Field(":8787", pattern=r"^[\w.\-\[\]:]*:\d{1,5}$")
     worker_profiling: bool = False
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory_limit_dask_reads(cls, v: str) -> str:
+        if v.strip().lower() not in ("auto", "0", "none"):
+            from dask.utils import parse_bytes
+
+            try:
+                parse_bytes(v)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{v!r} is not a memory size ('auto', '4GB', '1.5GiB', ...)") from exc
+        return v
 
 
 class OutputParams(Params):
@@ -180,21 +193,11 @@ def load_job(path: str | Path | None = None, *, overrides: Mapping[str, Any] | N
             raise JobError(f"job file {path} does not exist") from exc
         except tomllib.TOMLDecodeError as exc:
             raise JobError(f"job file {path} is not valid TOML: {exc}") from exc
-    data = _merge(data, dict(overrides or {}))
+    data = merge_options(data, dict(overrides or {}))
     try:
         return JobSpec.model_validate(data)
     except ValidationError as exc:
         raise JobError(f"job {source}: " + "; ".join(_describe(err) for err in exc.errors())) from exc
-
-
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(dict(out[key]), value)
-        else:
-            out[key] = value
-    return out
 
 
 def _describe(error: Mapping[str, Any]) -> str:

@@ -56,6 +56,34 @@ def parse_storage_options(pairs: Iterable[str]) -> dict[str, Any]:
     return options
 
 
+def merge_options(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``extra`` over ``base``, nested tables merged key by key (``-s client_kwargs.region_name=x``
+    keeps the job file's ``client_kwargs.endpoint_url``)."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_options(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def url_secrets(url: str) -> list[str]:
+    """The credentials a URL carries (``user:password`` and the password alone, the query
+    string), so that error messages quoting them in another shape can be redacted too."""
+    from urllib.parse import urlsplit
+
+    if "://" not in url:
+        return []
+    head = url.split("://", 1)[1].split("/", 1)[0]
+    found = []
+    if "@" in head:
+        userinfo = head.rsplit("@", 1)[0]
+        found += [userinfo, userinfo.partition(":")[2]]
+    query = urlsplit(url).query
+    return [s for s in (*found, query) if s]
+
+
 def secret_values(options: Mapping[str, Any]) -> list[str]:
     """Every string value in ``options`` that is not known to be public, longest first."""
     found: list[str] = []
@@ -152,6 +180,14 @@ def write_bytes_atomic(fs, path: str, data: bytes) -> None:
         if parent:
             fs.makedirs(parent, exist_ok=True)
         fs.pipe_file(path, data)
+
+
+def plain_strings(table: pa.Table) -> pa.Table:
+    """``table`` with ``large_string`` columns as ``string`` (pandas 3 hands Arrow large strings):
+    every grv-batch table uses one string type, so readers can union them without casts."""
+    schema = pa.schema([f.with_type(pa.string()) if pa.types.is_large_string(f.type) else f
+                        for f in table.schema], metadata=table.schema.metadata)
+    return table if schema.equals(table.schema) else table.cast(schema)
 
 
 def write_parquet_atomic(fs, path: str, table: pa.Table, *, compression: str = "zstd") -> None:

@@ -156,6 +156,7 @@ def test_job_file_speaker_pattern_mfcc_count_and_long_recordings(tmp_path, voice
     ("dupe-metadata", "more than once"),
     ("bad-metadata", "cannot be read"),
     ("bad-job", "unknown key"),
+    ("secret-url", "Protocol not known"),
 ])
 def test_unusable_arguments_stop_with_one_line(tmp_path, problem, message):
     corpus = tmp_path / "corpus"
@@ -178,11 +179,14 @@ def test_unusable_arguments_stop_with_one_line(tmp_path, problem, message):
         job = tmp_path / "job.toml"
         job.write_text("[denoise]\nprop_decreas = 0.5\n")
         args += ["--job", str(job)]
+    elif problem == "secret-url":
+        args[0] = "foo://AKIAKEY:Sup3rSecret@bucket/audio/?token=T0ken99"
     proc = grv("run", *args, check=False)
     assert proc.returncode != 0
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1, proc.stderr
     assert message in lines[0]
+    assert "Sup3rSecret" not in proc.stderr + proc.stdout and "T0ken99" not in proc.stderr + proc.stdout
 
 
 def test_interrupted_run_resumes_exactly_once(tmp_path):
@@ -242,6 +246,9 @@ def test_interrupted_run_resumes_exactly_once(tmp_path):
     files = read_table(out, "files")
     assert files["file_id"].is_unique and len(files) == n_files
     assert json.loads((out / "_run.json").read_text())["batches"]["run_now"] == 1
+    finished = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert finished.returncode == 0 and "nothing left to run" in finished.stderr
+    assert "Dask cluster" not in finished.stderr  # no cluster started for no work
 
 
 def test_a_file_that_kills_every_worker_becomes_an_error_row(tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 
 import pandas as pd
-import pyarrow as pa
 
 from grv_batch import storage
 
@@ -41,20 +40,19 @@ def read_dataset(
 def rejoin_metadata(predictions: pd.DataFrame, meta: pd.DataFrame, *, source: str = "metadata") -> pd.DataFrame:
     """Replace the carried metadata columns of ``predictions`` by those of ``meta`` (joined on path).
 
-    Columns the pipeline writes (``label``, ``p_male``...) are never replaced: a metadata column of
-    that name is left out, as ``grv-batch run`` does.
-
     Raises
     ------
     ReportInputError
-        When no path of ``meta`` is a file of the run (a report without its ground truth or
-        groups would look like a finished one).
+        When a column of ``meta`` has the name of one the pipeline writes (``label``, ``p_male``...),
+        as ``grv-batch run`` refuses too, or when no path of ``meta`` is a file of the run (a report
+        without its ground truth or groups would look like a finished one).
     """
-    from grv_batch.pipeline import predictions_schema
+    from grv_batch.pipeline import metadata_name_clashes
 
-    own = set(predictions_schema((), pa.schema([])).names) - {"speaker_id"}
-    meta = meta.drop(columns=[c for c in meta.columns
-                              if c != "path" and (c in own or str(c).startswith("p_male_"))])
+    clashes = metadata_name_clashes([c for c in meta.columns if c != "path"])
+    if clashes:
+        raise ReportInputError(f"{source}: column(s) {', '.join(map(repr, clashes))} have the name "
+                               f"of a column grv-batch writes into predictions; rename them")
     if len(predictions) and not predictions["path"].isin(meta["path"]).any():
         examples = ", ".join(map(str, meta["path"].head(2)))
         raise ReportInputError(f"{source}: no path matches a file of the run (e.g. {examples}; "
@@ -73,6 +71,9 @@ def write_bytes(url: str, data: bytes, storage_options: dict | None = None) -> N
 
 
 def parquet_bytes(df: pd.DataFrame) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
+    pq.write_table(storage.plain_strings(pa.Table.from_pandas(df, preserve_index=False)), buf)
     return buf.getvalue()

@@ -33,6 +33,8 @@ def targets(report: str | Path) -> list[dict]:
     rows = []
 
     def add(target, mask, goal):
+        if not mask.any():  # a variant or corpus this run did not have
+            return
         for name, c in cols:
             p = F.loc[mask, c].to_numpy()
             rows.append({"target": target, "model": name, "n": int(mask.sum()),
@@ -56,6 +58,8 @@ def targets(report: str | Path) -> list[dict]:
         labels.append((", point chosen on the other folds", F["label_nested"].to_numpy()))
     for variant in ["clean", "all"]:
         m = np.ones(len(F), bool) if variant == "all" else (F["variant"] == variant).to_numpy()
+        if not m.any():
+            continue
         for how, label in labels:
             c = m & (label != "uncertain")
             rows.append({"target": f"accuracy on non-uncertain files ({variant}; threshold {op['confidence_threshold']}, "
@@ -95,8 +99,9 @@ def tables(report: str | Path) -> str:
             recs.append({**dict(zip(index, idx)), **{k: (int(v) if k == "n" else float(v)) for k, v in r.items()}})
         return markdown_table(recs)
 
-    out += ["### Accuracy, speaker-grouped 5-fold CV (out of fold)", "", pivot(s["by_corpus_variant"], ["corpus", "variant"], "accuracy"), ""]
-    out += ["### ECE, speaker-grouped 5-fold CV (out of fold)", "", pivot(s["by_corpus_variant"], ["corpus", "variant"], "ece"), ""]
+    k = s.get("folds", 5)  # reports written before the fold count was recorded used 5
+    out += [f"### Accuracy, speaker-grouped {k}-fold CV (out of fold)", "", pivot(s["by_corpus_variant"], ["corpus", "variant"], "accuracy"), ""]
+    out += [f"### ECE, speaker-grouped {k}-fold CV (out of fold)", "", pivot(s["by_corpus_variant"], ["corpus", "variant"], "ece"), ""]
     out += ["### Overall (all corpora and variants)", "", markdown_table(s["overall"]), ""]
     out += ["### Accuracy / coverage of the ensemble as the confidence threshold moves", "", markdown_table(s["coverage"]), ""]
     if "operating_point_table" in s:
@@ -121,7 +126,9 @@ def bundle_check(metadata, data_root, bundle=None, limit=60, seed=0) -> list[dic
     meta = pd.read_csv(metadata)
     if limit:
         n = max(1, limit // meta.groupby(["corpus", "gender"]).ngroups)
-        meta = meta.groupby(["corpus", "gender"]).sample(n=n, random_state=seed)
+        # a group smaller than its share is taken whole
+        meta = meta.loc[[i for _, g in meta.groupby(["corpus", "gender"])
+                         for i in g.sample(n=min(n, len(g)), random_state=seed).index]]
     ens = load_ensemble(bundle, params=ModelParams())
     out = []
     for _, r in meta.iterrows():
@@ -156,7 +163,12 @@ def main(argv=None):
     elif a.cmd == "tables":
         print(tables(a.report))
     else:
-        rows = pd.DataFrame(bundle_check(a.metadata, a.data_root, a.bundle, a.limit))
+        from grv_batch.models import BundleError
+
+        try:
+            rows = pd.DataFrame(bundle_check(a.metadata, a.data_root, a.bundle, a.limit))
+        except (BundleError, ValueError, OSError) as exc:
+            ap.exit(2, f"error: {exc}\n")
         y = rows["gender"] == "male"
         summ = []
         for corpus, g in rows.groupby("corpus"):

@@ -325,6 +325,11 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
     for e in errors:
         _log(f"skipped: {e}")
     W, logmels = load_all(meta, cache, variants + eval_variants, seed)
+    if W.empty or W["speaker_id"].nunique() < folds:
+        raise ValueError(f"{W['path'].nunique() if len(W) else 0} of the manifest's {len(meta)} "
+                         f"labelled clips could be read, from {W['speaker_id'].nunique() if len(W) else 0} "
+                         f"speaker(s): {folds}-fold speaker-grouped cross-validation needs at least "
+                         f"{folds} speakers (check --data-root and the manifest's paths)")
     y = (W["gender"] == "male").to_numpy()
     fit_rows = W["variant"].isin(variants).to_numpy()  # eval-only variants are never fitted on
     _log(f"{len(W)} windows from {W['path'].nunique()} clips, {W['speaker_id'].nunique()} speakers")
@@ -415,6 +420,7 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
     summary = evaluate_oof(F, members, threshold, has_original=bool(seed_model), fit_variants=variants)
     summary["operating_point"] = {**op, "target_accuracy": OPERATING_TARGET}
     summary["eval_variants"] = list(eval_variants)
+    summary["folds"] = folds
     summary["calibration_choice_logloss"] = cal_scores
     summary["combiner"] = comb
     summary["member_calibration"] = member_cal
