@@ -111,7 +111,8 @@ def dask_client(execution, *, console=None) -> Iterator[Any]:
         try:
             cluster = LocalCluster(n_workers=workers, threads_per_worker=execution.threads_per_worker,
                                    processes=True, memory_limit=execution.memory_limit,
-                                   dashboard_address=execution.dashboard_address)
+                                   dashboard_address=execution.dashboard_address,
+                                   preload=["grv_batch._local_worker"])
         except (ValueError, RuntimeError, OSError) as exc:
             raise RunFailed(f"the local Dask cluster could not start ([execution]): "
                             f"{type(exc).__name__}: {exc}") from exc

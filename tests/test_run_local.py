@@ -251,6 +251,30 @@ def test_interrupted_run_resumes_exactly_once(tmp_path):
     assert "Dask cluster" not in finished.stderr  # no cluster started for no work
 
 
+def test_ctrl_c_stops_with_one_line_and_the_same_command_resumes(tmp_path):
+    corpus = tmp_path / "corpus"
+    make_mixed_corpus(corpus, n_voices=24, broken=False, seed=5)
+    job = tmp_path / "small-batches.toml"
+    job.write_text("[execution]\nbatch_audio_s = 4.0\nmax_files_per_batch = 1\n")
+    out = tmp_path / "out"
+    cmd = [str(BIN / "grv-batch"), "run", str(corpus), "--out", str(out), "--job", str(job),
+           "--workers", "1", "--no-progress"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    client = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list((out / "_batches").glob("*.json")):
+        time.sleep(0.1)
+    os.killpg(client.pid, signal.SIGINT)  # as Ctrl-C in a terminal: every process of the group
+    _, err = client.communicate(timeout=120)
+    assert client.returncode == 130, err
+    assert "run the same command again to resume" in err.strip().splitlines()[-1]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    resumed = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert read_table(out, "files")["file_id"].is_unique
+
+
 def test_a_file_that_kills_every_worker_becomes_an_error_row(tmp_path):
     corpus = tmp_path / "corpus"
     meta = make_mixed_corpus(corpus, n_voices=6, broken=False)
