@@ -212,9 +212,9 @@ def _relative_to_input(path: str, input_url: str | None) -> str:
         base = input_url.rstrip("/") + "/"
         if path.startswith(base):
             return path[len(base):]
+        if "://" not in input_url and path.startswith("file://"):
+            path = path[len("file://"):]  # a file URL of a local INPUT is its absolute path
         if "://" not in input_url and path.startswith("/"):
-            import os
-
             absolute = os.path.abspath(input_url).rstrip("/") + "/"
             if path.startswith(absolute):
                 return path[len(absolute):]

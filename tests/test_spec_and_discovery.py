@@ -245,3 +245,12 @@ def test_metadata_with_an_empty_path_is_one_clear_error(tmp_path):
     (tmp_path / "m.csv").write_text("path,gender\na.wav,female\n,male\n")
     with pytest.raises(InputError, match="1 row.* empty 'path' .rows 3"):
         load_metadata(str(tmp_path / "m.csv"))
+
+
+def test_metadata_paths_as_absolute_paths_or_file_urls_match_a_local_input(tmp_path):
+    for rel in ["a.wav", "sub/b.wav"]:
+        _touch(tmp_path / "in", rel)
+    meta = tmp_path / "meta.csv"
+    pd.DataFrame({"path": [f"{tmp_path}/in/a.wav", f"file://{tmp_path}/in/sub/b.wav"]}).to_csv(meta, index=False)
+    frame = load_metadata(str(meta), input_url=str(tmp_path / "in"))
+    assert list(frame["path"]) == ["a.wav", "sub/b.wav"]
