@@ -54,6 +54,7 @@ def run(
     workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Local worker processes (default: one per core).")] = None,
     storage_option: StorageOptions = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier grv-batch output of another job in OUT (never a folder grv-batch did not write).")] = False,
+    retry_errors: Annotated[bool, typer.Option("--retry-errors", help="When resuming, run the files that became error rows again (e.g. after a bucket timed out).")] = False,
     no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
 ) -> None:
     """Analyse every audio file under INPUT and write Parquet tables (and a report) to OUT."""
@@ -72,6 +73,8 @@ def run(
             overrides["execution"]["workers"] = workers
         if overwrite:
             overrides["output"]["overwrite"] = True
+        if retry_errors:
+            overrides["output"]["retry_errors"] = True
         cli_options = parse_storage_options(storage_option or [])
         spec = load_job(job, overrides=overrides)
         if cli_options:  # a dotted -s key overrides one nested option, not its whole table
@@ -237,7 +240,8 @@ def demo(
     if corpus_only:
         return
     run(input=str(corpus), out=str(out / "run"), job=None, metadata=str(meta), scheduler=None,
-        workers=workers, storage_option=None, overwrite=True, no_progress=False)
+        workers=workers, storage_option=None, overwrite=True, retry_errors=False,
+        no_progress=False)
 
 
 @app.callback()

@@ -343,6 +343,12 @@ def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = No
     done = {t.batch_id for t in tasks if t.batch_id in recorded and (
         f"part-{t.batch_id}.parquet" in shards
         or all(f"part-{t.batch_id}.{k}.parquet" in shards for k in range(len(t.files))))}
+    if job.output.retry_errors and done:
+        rows = read_table(fs, out, "files", ["file_id", "status"]).to_pandas()
+        failed = set(rows.loc[rows["status"] == "error", "file_id"])
+        retried = {t.batch_id for t in tasks if any(f.file_id in failed for f in t.files)}
+        done -= retried
+        say(f"Retrying {len(failed)} error row(s) in {len(retried & recorded)} batch(es)")
     say(f"Found {len(corpus.files)} audio file(s) in {escape(storage.redact_url(input_url))}; {len(tasks)} batch(es)"
         + (f", {len(done)} already done (resuming)" if resuming and done else ""))
     return RunPlan(input_url=input_url, out_url=out_url, job=job, metadata_url=metadata_url,

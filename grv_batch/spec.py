@@ -92,6 +92,9 @@ class OutputParams(Params):
     overwrite
         Replace an earlier grv-batch output of a different job instead of refusing (a folder
         without ``_job.json``, INPUT or a folder above it is never replaced).
+    retry_errors
+        When resuming, run again the batches that hold ``error`` rows (a bucket that timed out,
+        a file fixed since), instead of keeping them as done.
     compression
         Parquet compression codec.
     write_report
@@ -99,6 +102,7 @@ class OutputParams(Params):
     """
 
     overwrite: bool = False
+    retry_errors: bool = False
     write_report: bool = True
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
 

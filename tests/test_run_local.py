@@ -411,3 +411,21 @@ def test_a_run_where_no_file_is_ok_still_writes_every_table(tmp_path):
     proc = grv("report", str(out), "--group", "accent", check=False)
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
     assert proc.returncode != 0 and len(lines) == 1 and "'accent'" in lines[0], proc.stderr
+
+
+def test_retry_errors_runs_the_failed_files_again(tmp_path):
+    """A file that failed (a bucket that timed out, a file fixed since) stays an error row on a
+    plain rerun, whose batch is done; ``--retry-errors`` runs it again."""
+    corpus = tmp_path / "corpus"
+    meta = make_mixed_corpus(corpus, n_voices=3, broken=False)
+    (corpus / "late.wav").write_text("not audio yet")
+    out = tmp_path / "out"
+    args = ("run", str(corpus), "--out", str(out), "--workers", "1", "--no-progress")
+    grv(*args)
+    files = read_table(out, "files").set_index("path")
+    assert files.loc["late.wav", "status"] == "error"
+    shutil.copy(corpus / pd.read_csv(meta)["path"].iloc[0], corpus / "late.wav")
+    again = grv(*args, "--retry-errors")
+    assert "Retrying 1 error row(s)" in again.stderr
+    files = read_table(out, "files").set_index("path")
+    assert files.loc["late.wav", "status"] == "ok" and files.index.is_unique
