@@ -112,12 +112,23 @@ def predictions_schema(member_names: Sequence[str], metadata_schema: pa.Schema) 
     return pa.schema(fields)
 
 
-def metadata_name_clashes(columns: Sequence[str]) -> list[str]:
-    """Metadata columns named like a column grv-batch itself writes into ``predictions``
-    (``label``, ``confidence``, ``p_male_*``...): carrying them would mean dropping one of the two.
-    ``speaker_id`` and ``gender`` are inputs, not clashes."""
+def rename_metadata_clashes(metadata: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Give ``meta_`` names to metadata columns named like a column grv-batch itself writes into
+    ``predictions`` (``label``, ``confidence``, ``p_male_*``...), so both are carried.
+
+    ``speaker_id`` and ``gender`` are inputs, not clashes. Returns the frame and ``{old: new}``.
+    """
     own = set(predictions_schema((), pa.schema([])).names) - {"path", "speaker_id"}
-    return [c for c in columns if c in own or str(c).startswith("p_male_")]
+    taken = set(map(str, metadata.columns)) | own
+    renamed: dict[str, str] = {}
+    for c in map(str, metadata.columns):
+        if c in own or c.startswith("p_male_"):
+            new, k = f"meta_{c}", 2
+            while new in taken:
+                new, k = f"meta_{c}_{k}", k + 1
+            renamed[c] = new
+            taken.add(new)
+    return (metadata.rename(columns=renamed) if renamed else metadata), renamed
 
 
 _WORKER_READY = False

@@ -27,7 +27,7 @@ from grv_batch._version import __version__
 from grv_batch.discovery import (Corpus, InputError, batch_id_for, discover, join_metadata,
                                  load_metadata, plan_batches)
 from grv_batch.pipeline import (BATCHES_DIR, SHARD_TABLES, BatchTask, OutputLayout,
-                                error_batch_record, features_schema, metadata_name_clashes,
+                                error_batch_record, features_schema, rename_metadata_clashes,
                                 predictions_schema, process_batch)
 
 JOB_FILE = "_job.json"
@@ -299,11 +299,11 @@ def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = No
     corpus = discover(input_url, job.input, storage_options=options)
     metadata = (load_metadata(metadata_url, input_url=input_url, storage_options=options)
                 if metadata_url else None)
-    clashes = metadata_name_clashes(list(metadata.columns)) if metadata is not None else []
-    if clashes:
-        raise InputError(f"metadata {metadata_url}: column(s) {', '.join(map(repr, clashes))} have the "
-                         f"name of a column grv-batch writes into predictions; rename them (e.g. "
-                         f"{clashes[0]!r} -> 'meta_{clashes[0]}')")
+    if metadata is not None:
+        metadata, renamed = rename_metadata_clashes(metadata)
+        if renamed:
+            say("[yellow]Metadata column(s) named like columns grv-batch writes are carried as "
+                + escape(", ".join(f"{a!r} -> {b!r}" for a, b in renamed.items())) + "[/yellow]")
     joined = join_metadata(corpus, metadata)
     if metadata is not None:
         say(f"Metadata: {len(metadata)} rows; {joined.files_without_metadata} file(s) without a "

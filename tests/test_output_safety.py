@@ -160,12 +160,8 @@ def test_credentials_in_urls_never_reach_the_job_record(corpus, tmp_path):
     assert storage.location("s3://k:s3cret@b/audio/?x=1") == "s3://***@b/audio/?***"
 
 
-def test_metadata_columns_named_like_outputs_and_unknown_members_stop_before_any_audio(corpus, tmp_path):
-    folder, meta = corpus
-    clash = tmp_path / "clash.csv"
-    pd.read_csv(meta).assign(label="train", confidence=0.3).to_csv(clash, index=False)
-    with pytest.raises(InputError, match="'label', 'confidence' have the name of a column"):
-        plan_run(str(folder), str(tmp_path / "out"), JobSpec(), metadata_url=str(clash))
+def test_unknown_members_stop_before_any_audio(corpus, tmp_path):
+    folder, _ = corpus
     for members, message in ((["nope"], "no member 'nope'"), ([], "at least one")):
         with pytest.raises(InputError, match=message):
             plan_run(str(folder), str(tmp_path / "out"),
@@ -180,3 +176,15 @@ def test_a_dotted_storage_option_overrides_one_nested_key():
     cli = storage.parse_storage_options(["client_kwargs.region_name=eu-west-1"])
     assert storage.merge_options(job, cli) == {
         "key": "k", "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000", "region_name": "eu-west-1"}}
+
+
+def test_metadata_columns_named_like_outputs_are_carried_renamed(corpus, tmp_path):
+    folder, meta = corpus
+    clash = tmp_path / "clash.csv"
+    pd.read_csv(meta).assign(label="train", confidence=0.3, meta_label="x").to_csv(clash, index=False)
+    plan = plan_run(str(folder), str(tmp_path / "out"), JobSpec(), metadata_url=str(clash))
+    carried = [f.name for f in plan.layout.metadata_schema]
+    assert {"meta_label", "meta_label_2", "meta_confidence"} <= set(carried)
+    assert "label" not in carried and "confidence" not in carried
+    row = next(iter(plan.joined.by_path.values()))
+    assert row["meta_label_2"] == "train" and row["meta_label"] == "x"

@@ -397,15 +397,19 @@ def test_metadata_column_named_like_a_band_keeps_its_name():
     assert "<120 Hz" in set(g.loc[g["group_by"] == "pitch_band_derived", "group"])
 
 
-def test_rejoined_metadata_may_not_name_pipeline_columns_and_must_match(tmp_path):
+def test_rejoined_metadata_named_like_pipeline_columns_is_renamed_and_must_match(tmp_path):
     tables = make_run(n_speakers=6, files_per=2)
     pred = tables[0]
     out = write_run(tmp_path, tables)
     meta = pred[["path", "gender"]].assign(label="female", p_male=0.0)
     meta.to_csv(tmp_path / "meta.csv", index=False)
     params = ReportParams(n_bootstrap=0, derived_bands=False)
-    with pytest.raises(ReportInputError, match="'label', 'p_male' have the name of a column"):
-        build_report(str(out), metadata=str(tmp_path / "meta.csv"), params=params)
+    build_report(str(out), metadata=str(tmp_path / "meta.csv"),
+                 params=ReportParams(groups=["meta_label"], n_bootstrap=0, derived_bands=False))
+    g = pd.read_parquet(Path(out) / "report" / "groups.parquet")
+    coverage = g[(g["group_by"] == "all") & (g["metric"] == "coverage")]["value"].iloc[0]
+    assert coverage == pytest.approx((pred["label"] != "uncertain").mean())  # predicted labels kept
+    assert set(g.loc[g["group_by"] == "meta_label", "group"]) == {"female"}  # the user's, renamed
     meta = meta.drop(columns=["label", "p_male"])
     # absolute paths are made relative to the run's INPUT, as grv-batch run does
     meta.assign(path="/data/in/" + meta["path"]).to_csv(tmp_path / "abs.csv", index=False)

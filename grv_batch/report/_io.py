@@ -40,19 +40,18 @@ def read_dataset(
 def rejoin_metadata(predictions: pd.DataFrame, meta: pd.DataFrame, *, source: str = "metadata") -> pd.DataFrame:
     """Replace the carried metadata columns of ``predictions`` by those of ``meta`` (joined on path).
 
+    A column named like one the pipeline writes (``label``, ``p_male``...) is carried as
+    ``meta_<name>``, as ``grv-batch run`` does.
+
     Raises
     ------
     ReportInputError
-        When a column of ``meta`` has the name of one the pipeline writes (``label``, ``p_male``...),
-        as ``grv-batch run`` refuses too, or when no path of ``meta`` is a file of the run (a report
-        without its ground truth or groups would look like a finished one).
+        When no path of ``meta`` is a file of the run (a report without its ground truth or
+        groups would look like a finished one).
     """
-    from grv_batch.pipeline import metadata_name_clashes
+    from grv_batch.pipeline import rename_metadata_clashes
 
-    clashes = metadata_name_clashes([c for c in meta.columns if c != "path"])
-    if clashes:
-        raise ReportInputError(f"{source}: column(s) {', '.join(map(repr, clashes))} have the name "
-                               f"of a column grv-batch writes into predictions; rename them")
+    meta, _ = rename_metadata_clashes(meta)
     if len(predictions) and not predictions["path"].isin(meta["path"]).any():
         examples = ", ".join(map(str, meta["path"].head(2)))
         raise ReportInputError(f"{source}: no path matches a file of the run (e.g. {examples}; "
