@@ -139,6 +139,7 @@ def train(
     """Train the ensemble with speaker-grouped cross-validation and write a model bundle."""
     _quiet_libraries()
     from grv_batch.training import VARIANT_NAMES, train_bundle
+    from grv_batch.training.train import ManifestError
 
     if not metadata.exists():
         _fail(f"metadata {metadata} does not exist")
@@ -173,7 +174,7 @@ def train(
                      variants=tuple(names["variants"]), eval_variants=tuple(names["eval-variants"]),
                      heldout_corpus=heldout_corpus, epochs=per_member, cache=cache, report=report,
                      version=version, workers=workers)
-    except ValueError as exc:  # the manifest or the data: what train_bundle checks and says
+    except ManifestError as exc:  # the manifest or its audio, as train_bundle checks them
         _fail(str(exc))
     console.print(f"Model bundle written to {out} (model card: {out / 'model_card.md'}); "
                   f"use it with [model] bundle = \"{out}\" in a job file", markup=False)

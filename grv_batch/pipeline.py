@@ -116,9 +116,10 @@ def rename_metadata_clashes(metadata: pd.DataFrame) -> tuple[pd.DataFrame, dict[
     """Give ``meta_`` names to metadata columns named like a column grv-batch itself writes into
     ``predictions`` (``label``, ``confidence``, ``p_male_*``...), so both are carried.
 
-    ``speaker_id`` and ``gender`` are inputs, not clashes. Returns the frame and ``{old: new}``.
+    ``speaker_id`` and ``gender`` are inputs, not clashes; ``all`` is the report's name for the
+    overall results. Returns the frame and ``{old: new}``.
     """
-    own = set(predictions_schema((), pa.schema([])).names) - {"path", "speaker_id"}
+    own = (set(predictions_schema((), pa.schema([])).names) - {"path", "speaker_id"}) | {"all"}
     taken = set(map(str, metadata.columns)) | own
     renamed: dict[str, str] = {}
     for c in map(str, metadata.columns):

@@ -133,7 +133,8 @@ def dask_client(execution, *, console=None) -> Iterator[Any]:
 
 
 def _prepare_out(fs, out: str, job, *, input_url: str, model_sha256: str,
-                 metadata_sha256: str | None = None) -> bool:
+                 metadata_sha256: str | None = None,
+                 metadata_sha256_as_read: str | None = None) -> bool:
     """Check that OUT is ours (or new) and record the job in it. Returns True when resuming.
 
     The identity is the job's result-changing settings, the model bundle's manifest hash, INPUT
@@ -154,6 +155,11 @@ def _prepare_out(fs, out: str, job, *, input_url: str, model_sha256: str,
         if not differs:
             return True
         if not job.output.overwrite:
+            if differs == ["metadata_sha256"] and existing["metadata_sha256"] == metadata_sha256_as_read:
+                raise OutputConflict(
+                    f"OUT {out} was written by an earlier grv-batch, which left out the metadata "
+                    f"columns named like its own outputs; they are now carried as meta_<name>, so "
+                    f"this output cannot be resumed: pass --overwrite to redo it, or choose another OUT")
             what = {"fingerprint": "a different job", "input": "a different input",
                     "metadata_sha256": "a run with other metadata"}[differs[0]]
             raise OutputConflict(
@@ -204,7 +210,7 @@ def _metadata_digest(metadata) -> str | None:
     return h.hexdigest()
 
 
-def _check_report_groups(job, layout: OutputLayout) -> None:
+def _check_report_groups(job, layout: OutputLayout, renamed: Mapping[str, str] = {}) -> None:  # noqa: B006
     """A report group that names no column would only fail after all the audio is processed."""
     if not job.output.write_report:
         return
@@ -212,11 +218,18 @@ def _check_report_groups(job, layout: OutputLayout) -> None:
 
     columns = predictions_schema(layout.member_names, layout.metadata_schema).names
     carried = ", ".join(f.name for f in layout.metadata_schema) or "none"
+    named = [*(job.report.groups or ()), *(c for pair in job.report.intersections for c in pair)]
+    ambiguous = [c for c in named if c in renamed]
+    if ambiguous:  # the user means their column, which is carried under another name
+        raise InputError(f"[report] names {', '.join(map(repr, ambiguous))}: grv-batch writes a column "
+                         f"of that name; the metadata's is carried as "
+                         f"{', '.join(repr(renamed[c]) for c in ambiguous)}: name that instead")
     missing = [g for g in job.report.groups or () if g not in columns]
     if missing:
         raise InputError(f"[report] groups names {', '.join(map(repr, missing))}, not a metadata "
                          f"column (metadata columns: {carried})")
-    bands = {name for name, *_ in BANDS} if job.report.derived_bands else set()
+    bands = ({b for name, *_ in BANDS for b in (name, f"{name}_derived")}
+             if job.report.derived_bands else set())
     missing = [c for pair in job.report.intersections for c in pair
                if c not in columns and c not in bands]
     if missing:
@@ -290,6 +303,7 @@ def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = No
     """
     options = dict(job.storage_options)
     say = console.print if console else (lambda *a, **k: None)
+    typed_job = job  # OUT's identity: as written (an absolute bundle path would differ by folder)
     bundle = job.model.bundle
     if bundle and "://" not in bundle:
         # the workers load it: a relative path would be resolved in each worker's own folder
@@ -299,6 +313,7 @@ def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = No
     corpus = discover(input_url, job.input, storage_options=options)
     metadata = (load_metadata(metadata_url, input_url=input_url, storage_options=options)
                 if metadata_url else None)
+    raw_metadata, renamed = metadata, {}
     if metadata is not None:
         metadata, renamed = rename_metadata_clashes(metadata)
         if renamed:
@@ -317,8 +332,9 @@ def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = No
             f"with: predictions may be less accurate than docs/models.md reports[/yellow]")
     try:
         fs, out = storage.filesystem(out_url, options)
-        resuming = _prepare_out(fs, out, job, input_url=input_url, model_sha256=model_sha256,
-                                metadata_sha256=_metadata_digest(metadata))
+        resuming = _prepare_out(fs, out, typed_job, input_url=input_url, model_sha256=model_sha256,
+                                metadata_sha256=_metadata_digest(metadata),
+                                metadata_sha256_as_read=_metadata_digest(raw_metadata))
     except OutputConflict:
         raise
     except Exception as exc:  # noqa: BLE001 - an unreachable endpoint, bad credentials...
@@ -326,7 +342,7 @@ def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = No
     layout = OutputLayout(out_url=storage.absolute(out_url), metadata_schema=_metadata_schema(metadata),
                           member_names=members, compression=job.output.compression,
                           secrets=tuple(storage.secret_values(options)))
-    _check_report_groups(job, layout)
+    _check_report_groups(job, layout, renamed)
     # Small corpora get smaller tasks so every worker has work; the split depends only on the
     # corpus and the job (not on the number of workers), so a rerun finds the same batches.
     estimated_total = sum(f.estimated_s for f in corpus.files)
@@ -348,7 +364,8 @@ def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = No
         failed = set(rows.loc[rows["status"] == "error", "file_id"])
         retried = {t.batch_id for t in tasks if any(f.file_id in failed for f in t.files)}
         done -= retried
-        say(f"Retrying {len(failed)} error row(s) in {len(retried & recorded)} batch(es)")
+        if failed:
+            say(f"Retrying {len(failed)} error row(s) in {len(retried & recorded)} batch(es)")
     say(f"Found {len(corpus.files)} audio file(s) in {escape(storage.redact_url(input_url))}; {len(tasks)} batch(es)"
         + (f", {len(done)} already done (resuming)" if resuming and done else ""))
     return RunPlan(input_url=input_url, out_url=out_url, job=job, metadata_url=metadata_url,
@@ -429,7 +446,7 @@ def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | No
                                  "unmatched_files": plan.corpus.unmatched})
     storage.write_json_atomic(fs, storage.join(out, RUN_FILE), {
         "completed": _now(),
-        "input": storage.location(input_url),
+        "input": storage.absolute(storage.redact_url(input_url)),
         "metadata": storage.redact_url(metadata_url) if metadata_url else None,
         "job": _redacted_job(job),
         "job_fingerprint": job.fingerprint(),

@@ -68,13 +68,13 @@ class ExecutionParams(Params):
     batch_audio_s: float = Field(default=300.0, gt=0)
     max_files_per_batch: int = Field(default=200, ge=1)
     retries: int = Field(default=2, ge=0)
-    dashboard_address: str = Field(":8787", pattern=r"^[\w.\-\[\]:]*:\d{1,5}$")
+    dashboard_address: str = ":8787"
     worker_profiling: bool = False
 
     @field_validator("memory_limit")
     @classmethod
     def _memory_limit_dask_reads(cls, v: str) -> str:
-        if v.strip().lower() not in ("auto", "0", "none"):
+        if v.strip().lower() not in ("auto", "0"):
             from dask.utils import parse_bytes
 
             try:

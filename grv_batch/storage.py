@@ -28,14 +28,18 @@ PUBLIC_OPTION_KEYS = frozenset(
 
 REDACTED = "***"
 
+#: Option names that hold credentials: their values stay strings as typed (``password=0012``) and
+#: are redacted whatever their type.
+_SECRET_KEY = re.compile(r"key|secret|token|pass|credential|auth|sig|session", re.IGNORECASE)
+
 
 def parse_storage_options(pairs: Iterable[str]) -> dict[str, Any]:
     """Parse ``KEY=VALUE`` strings from the command line into fsspec storage options.
 
-    ``true``/``false`` become booleans, and integers become ``int`` for the public keys
-    (:data:`PUBLIC_OPTION_KEYS`); everything else stays a string, so that a secret such as
-    ``password=0012345`` reaches the back end as typed. A dotted key
-    (``client_kwargs.region_name=eu-west-1``) makes a nested dictionary.
+    ``true``/``false`` become booleans and integers become ``int`` (``max_concurrency=4``), except
+    for credential-like keys (``key``, ``secret``, ``token``, ``password``...), which stay strings
+    as typed (``password=0012345``). A dotted key (``client_kwargs.region_name=eu-west-1``) makes a
+    nested dictionary.
     """
     options: dict[str, Any] = {}
     for pair in pairs:
@@ -47,7 +51,7 @@ def parse_storage_options(pairs: Iterable[str]) -> dict[str, Any]:
         if raw.lower() in {"true", "false"}:
             value = raw.lower() == "true"
         *parents, leaf = key.split(".")
-        if leaf in PUBLIC_OPTION_KEYS and re.fullmatch(r"-?\d+", raw):
+        if not _SECRET_KEY.search(leaf) and re.fullmatch(r"-?\d+", raw):
             value = int(raw)
         target = options
         for parent in parents:
@@ -77,7 +81,7 @@ def url_secrets(url: str) -> list[str]:
         return []
     head = url.split("://", 1)[1].split("/", 1)[0]
     found = []
-    if "@" in head:
+    if "@" in head and ":" in head.rsplit("@", 1)[0]:  # a bare user name is not a secret
         userinfo = head.rsplit("@", 1)[0]
         found += [userinfo, userinfo.partition(":")[2]]
     query = urlsplit(url).query
@@ -90,9 +94,12 @@ def secret_values(options: Mapping[str, Any]) -> list[str]:
     for key, value in options.items():
         if isinstance(value, Mapping):
             found.extend(secret_values(value))
-        elif key not in PUBLIC_OPTION_KEYS and isinstance(value, (str, int, float)) \
-                and not isinstance(value, bool) and str(value):
-            found.append(str(value))  # a number from a job file can be a secret too
+        elif key in PUBLIC_OPTION_KEYS or isinstance(value, bool):
+            continue
+        elif isinstance(value, str) and value:
+            found.append(value)
+        elif isinstance(value, (int, float)) and _SECRET_KEY.search(str(key)):
+            found.append(str(value))  # a numeric credential from a job file (timeout=600 is not)
     return sorted(set(found), key=len, reverse=True)
 
 
@@ -121,7 +128,12 @@ def redact_url(url: str) -> str:
     >>> redact_url("https://bob:hunter2@example.org/a.csv?X-Amz-Signature=abc")
     'https://***@example.org/a.csv?***'
     """
-    return _URL_QUERY.sub(rf"\1?{REDACTED}", _URL_USERINFO.sub(f"{REDACTED}@", url))
+    return _URL_QUERY.sub(_redact_query, _URL_USERINFO.sub(f"{REDACTED}@", url))
+
+
+def _redact_query(match: re.Match) -> str:
+    # a file URL has no query: a '?' there is part of a file name
+    return match.group(0) if match.group(1).lower().startswith("file:") else f"{match.group(1)}?{REDACTED}"
 
 
 def redact_text(text: str, secrets: Iterable[str] = ()) -> str:

@@ -3,6 +3,8 @@ a rerun with other metadata is another job. All checked by planning alone (no cl
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -139,9 +141,13 @@ def test_a_relative_bundle_reaches_workers_as_an_absolute_path(corpus, tmp_path,
     folder, _ = corpus
     make_tiny_bundle(tmp_path / "bundle")
     monkeypatch.chdir(tmp_path)
-    plan = plan_run(str(folder), str(tmp_path / "out"),
-                    JobSpec.model_validate({"model": {"bundle": "bundle"}}))
+    typed = JobSpec.model_validate({"model": {"bundle": "bundle"}})
+    plan = plan_run(str(folder), str(tmp_path / "out"), typed)
     assert plan.job.model.bundle == str(tmp_path / "bundle")
+    # OUT's identity keeps the path as written: outputs of earlier versions still resume
+    record = json.loads((tmp_path / "out" / "_job.json").read_text())
+    assert record["fingerprint"].startswith(typed.fingerprint())
+    assert plan_run(str(folder), str(tmp_path / "out"), typed).resuming
 
 
 def test_credentials_in_urls_never_reach_the_job_record(corpus, tmp_path):
@@ -176,6 +182,26 @@ def test_a_dotted_storage_option_overrides_one_nested_key():
     cli = storage.parse_storage_options(["client_kwargs.region_name=eu-west-1"])
     assert storage.merge_options(job, cli) == {
         "key": "k", "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000", "region_name": "eu-west-1"}}
+
+
+def test_outputs_of_versions_that_dropped_clashing_metadata_columns_say_why_they_cannot_resume(
+        corpus, tmp_path):
+    from grv_batch.discovery import load_metadata
+    from grv_batch.runner import _metadata_digest
+
+    folder, meta = corpus
+    clash = tmp_path / "clash.csv"
+    pd.read_csv(meta).assign(duration_s=1.0).to_csv(clash, index=False)
+    out = tmp_path / "out"
+    plan_run(str(folder), str(out), JobSpec(), metadata_url=str(clash))
+    record = json.loads((out / "_job.json").read_text())
+    record["metadata_sha256"] = _metadata_digest(load_metadata(str(clash), input_url=str(folder)))
+    (out / "_job.json").write_text(json.dumps(record))  # as the earlier version recorded it
+    with pytest.raises(OutputConflict, match="earlier grv-batch.*meta_<name>.*--overwrite"):
+        plan_run(str(folder), str(out), JobSpec(), metadata_url=str(clash))
+    with pytest.raises(InputError, match="'duration_s'.*carried as 'meta_duration_s'"):
+        plan_run(str(folder), str(tmp_path / "out2"),
+                 JobSpec.model_validate({"report": {"groups": ["duration_s"]}}), metadata_url=str(clash))
 
 
 def test_metadata_columns_named_like_outputs_are_carried_renamed(corpus, tmp_path):

@@ -39,7 +39,7 @@ def make_run(*, seed: int = 7, ground_truth: bool = True, n_speakers: int = 48, 
             z = skill + rng.normal(0, 1.0)
             pm = 1 / (1 + np.exp(-z)) if gender == "male" else 1 / (1 + np.exp(z))
             if s == 0 and k == 0:
-                pm = 0.5  # no evidence: no decision, wrong for either gender
+                pm = 0.5  # decision p_male > 0.5 is strict (SPEC): this counts as 'female'
             conf = max(pm, 1 - pm)
             speech = float(rng.uniform(0.5, 25))
             label = "uncertain" if (conf < 0.7 or speech < 1.0) else ("male" if pm > 0.5 else "female")
@@ -141,7 +141,6 @@ def expected_metric(d: pd.DataFrame, metric: str) -> tuple[float, int, int]:
     conf = d[d["label"] != "uncertain"]
     y = gt["gender"] == "male"
     dec = gt["p_male"] > 0.5
-    decided = gt["p_male"] != 0.5  # exactly 0.5 (no speech) is no decision: wrong either way
     if metric == "n":
         sub, v = d, float(len(d))
     elif metric == "coverage":
@@ -151,13 +150,13 @@ def expected_metric(d: pd.DataFrame, metric: str) -> tuple[float, int, int]:
     elif metric == "mean_confidence":
         sub, v = d, d["confidence"].mean()
     elif metric == "accuracy":
-        sub, v = gt, ((dec == y) & decided).mean()
+        sub, v = gt, (dec == y).mean()
     elif metric == "accuracy_confident":
         sub = gt[gt["label"] != "uncertain"]
         v = (sub["label"] == sub["gender"]).mean()
     elif metric == "recall_female":
         sub = gt[~y]
-        v = (sub["p_male"] < 0.5).mean()
+        v = (sub["p_male"] <= 0.5).mean()
     elif metric == "recall_male":
         sub = gt[y]
         v = (sub["p_male"] > 0.5).mean()
@@ -312,7 +311,7 @@ def test_metadata_rejoin(tmp_path):
                           params=ReportParams(n_bootstrap=20, derived_bands=False))
     g = pd.read_parquet(Path(folder) / "groups.parquet")
     acc = g[(g["group_by"] == "all") & (g["metric"] == "accuracy")]["value"].iloc[0]
-    assert acc == pytest.approx((pred["p_male"] < 0.5).mean())
+    assert acc == pytest.approx((pred["p_male"] <= 0.5).mean())
     assert "site" in set(g["group_by"])
     assert g[(g["group_by"] == "all") & (g["metric"] == "recall_male")]["value"].isna().all()
 
@@ -426,3 +425,35 @@ def test_group_names_with_dollar_signs_are_drawn_as_text(tmp_path):
     folder = build_report(str(out), params=ReportParams(groups=["income"], n_bootstrap=0,
                                                         derived_bands=False))
     assert (Path(folder) / "report.html").exists()
+
+
+def test_gap_p_values_tell_a_real_difference_from_chance():
+    """In make_run accuracy depends on accent (speakers of accent C are worse) and not on age
+    band: only the first gap survives the permutation test."""
+    from grv_batch.report._metrics import holm
+
+    pred, feat = make_run()[:2]
+    params = ReportParams(n_bootstrap=50)
+    gaps = largest_gaps(group_metrics(pred, feat, params=params), predictions=pred, features=feat,
+                        params=params).set_index(["group_by", "metric"])
+    assert gaps.loc[("accent", "accuracy"), "p_adjusted"] < 0.05
+    assert gaps.loc[("age_band", "accuracy"), "p_adjusted"] > 0.2
+    assert gaps.loc[("age_band", "accuracy"), "gap"] < gaps.loc[("age_band", "accuracy"), "chance_gap"]
+    assert (gaps["p_value"] <= gaps["p_adjusted"]).all()
+    assert holm(np.array([0.01, 0.04, np.nan, 0.03])).round(3).tolist()[:2] == [0.03, 0.06]
+
+
+def test_ece_interval_is_basic_and_mean_confidence_skips_missing_values():
+    rng = np.random.default_rng(0)
+    n = 400
+    p = rng.uniform(0, 1, n)  # perfectly calibrated: the true ECE is 0
+    pred = pd.DataFrame({"file_id": [f"f{i}" for i in range(n)], "path": [f"{i}.wav" for i in range(n)],
+                         "speaker_id": [f"s{i // 4}" for i in range(n)], "p_male": p,
+                         "confidence": np.maximum(p, 1 - p), "label": "uncertain",
+                         "gender": np.where(rng.uniform(0, 1, n) < p, "male", "female")})
+    pred.loc[:9, ["p_male", "confidence"]] = np.nan
+    g = group_metrics(pred, None, params=ReportParams(n_bootstrap=200, derived_bands=False)).set_index("metric")
+    ece = g.loc["ece"]
+    assert ece["ci_low"] < 0.5 * ece["value"]  # a percentile interval would sit above the value
+    assert g.loc["mean_confidence", "value"] == pytest.approx(pred["confidence"].mean())
+    assert g.loc["mean_confidence", "n_files"] == n - 10

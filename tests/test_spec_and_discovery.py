@@ -210,9 +210,11 @@ def test_storage_options_parse_and_redact():
 
 
 def test_numeric_looking_secrets_reach_the_back_end_as_typed_and_are_redacted():
-    options = storage.parse_storage_options(["password=0012345", "default_block_size=5242880"])
-    assert options == {"password": "0012345", "default_block_size": 5242880}
+    options = storage.parse_storage_options(["password=0012345", "default_block_size=5242880",
+                                             "max_concurrency=4"])
+    assert options == {"password": "0012345", "default_block_size": 5242880, "max_concurrency": 4}
     assert "12345" in storage.secret_values({"token": 12345, "anon": True})
+    assert storage.secret_values({"timeout": 600, "max_concurrency": 4}) == []  # not secrets
     assert storage.redact_text("bad token 12345", storage.secret_values({"token": 12345})) == \
         "bad token ***"
 

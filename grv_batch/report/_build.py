@@ -72,8 +72,8 @@ def build_report(
         predictions = predictions.assign(duration_s=predictions["file_id"].map(dur))
     predictions = predictions.reset_index(drop=True)
 
-    table, results = evaluate(predictions, features, params)
-    gaps = gaps_from_results(table, results, params)
+    table, results, blocks = evaluate(predictions, features, params)
+    gaps = gaps_from_results(table, results, params, blocks)
     html_text = render_html(
         predictions=predictions,
         features=features,
@@ -185,16 +185,21 @@ def render_html(
     # -- gaps ------------------------------------------------------------------------------
     parts.append('<h2 id="gaps">Largest gaps between groups</h2>')
     parts.append(
-        "<p>For each grouping and metric: the best group minus the worst, among groups large enough to "
-        f"compare (at least {params.min_files} files and, when speakers are known, {params.min_speakers} "
-        "speakers). The interval is the same gap recomputed in every bootstrap replicate; an interval "
-        "that reaches down to about zero means the groups may not really differ.</p>"
+        "<p>For each grouping and metric: the highest group minus the lowest, among groups large enough "
+        f"to compare (at least {params.min_files} files and, when speakers are known, {params.min_speakers} "
+        "speakers). The highest minus the lowest of several groups is large even when the groups do not "
+        "differ at all, so read <b>p</b> first: how often shuffling the group labels between speakers "
+        "gives a gap at least this large (Holm-adjusted over the groupings of each metric). Below 0.05 the "
+        "difference is unlikely to be chance; <b>by chance</b> is the gap shuffled labels stay under 95% of "
+        "the time. The interval is the gap recomputed in every bootstrap replicate: how precisely it is "
+        "measured, not whether it is real.</p>"
     )
     if len(gaps):
         main = ["accuracy", "recall_female", "recall_male", "coverage"] if with_gt else [
             "coverage", "share_female", "mean_confidence"]
         other = ["accuracy_confident", "ece", "mean_confidence"] if with_gt else []
-        headers = ["grouping", "metric", "gap", f"{level} interval", "highest", "lowest", "groups"]
+        headers = ["grouping", "metric", "gap", f"{level} interval", "by chance", "p", "highest",
+                   "lowest", "groups"]
         parts.append(H.table(headers, _gap_rows(gaps[gaps["metric"].isin(main)]), left=2))
         rest = gaps[gaps["metric"].isin(other)]
         if len(rest):
@@ -360,6 +365,13 @@ def _num(value: object) -> str:
         return "—"
 
 
+def _p_cell(p: float) -> str:
+    if p is None or np.isnan(p):
+        return "—"
+    text = "&lt;0.001" if p < 0.001 else f"{p:.3f}"
+    return f"<b>{text}</b>" if p < 0.05 else text
+
+
 def _gap_rows(gaps: pd.DataFrame) -> list[list[str]]:
     rows = []
     for _, g in gaps.iterrows():
@@ -368,6 +380,8 @@ def _gap_rows(gaps: pd.DataFrame) -> list[list[str]]:
         rows.append([
             H.esc(g["group_by"]), H.esc(m), H.esc(gap),
             f'<span class="ci">{H.esc(H.fmt_ci(m, g["ci_low"], g["ci_high"]))}</span>',
+            H.esc(H.fmt(m, g.get("chance_gap", np.nan)).replace("%", " pts")),
+            _p_cell(g.get("p_adjusted", np.nan)),
             f'{H.esc(g["group_high"])} ({H.esc(H.fmt(m, g["value_high"]))})',
             f'{H.esc(g["group_low"])} ({H.esc(H.fmt(m, g["value_low"]))})',
             H.esc(g["n_groups"]),

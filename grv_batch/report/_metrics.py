@@ -8,6 +8,7 @@ replicates cheap even for large corpora.
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from dataclasses import dataclass
 
@@ -77,14 +78,15 @@ _S_F, _S_F_OK, _S_M, _S_M_OK = 8, 9, 10, 11
 _S_BIN_N = 12
 _S_BIN_P = _S_BIN_N + N_BINS
 _S_BIN_Y = _S_BIN_P + N_BINS
-_N_STATS = _S_BIN_Y + N_BINS
+_S_CONF_N = _S_BIN_Y + N_BINS  # files with a known confidence
+_N_STATS = _S_CONF_N + 1
 
 # metric -> index of the sum that is its denominator (the files it is computed on)
 _DENOMINATOR = {
     "n": _S_N,
     "coverage": _S_N,
     "share_female": _S_CONF,
-    "mean_confidence": _S_N,
+    "mean_confidence": _S_CONF_N,
     "accuracy": _S_GT,
     "accuracy_confident": _S_GT_CONF,
     "recall_female": _S_F,
@@ -109,14 +111,14 @@ def has_ground_truth(predictions: pd.DataFrame) -> bool:
 
 
 def decisions(p: np.ndarray) -> np.ndarray:
-    """The forced decision per file: 1 male (``p_male > 0.5``), 0 female (``< 0.5``), -1 none.
+    """The forced decision per file, SPEC's rule: 1 male (``p_male > 0.5``), else 0 female;
+    -1 (none) only where ``p_male`` is missing.
 
-    A file without any detected speech gets exactly 0.5 (no evidence); it is wrong for either
-    gender instead of counting as female, which would show a spurious bias towards women in
-    every group with many silent or very short files.
+    A file without any detected speech gets exactly 0.5 and so counts as female: in groups with
+    many such files (``speech_duration_band`` shows them) accuracy leans towards women.
     """
     p = np.asarray(p, dtype=float)
-    return np.where(p > 0.5, 1, np.where(p < 0.5, 0, -1))
+    return np.where(np.isnan(p), -1, (p > 0.5).astype(int))
 
 
 def file_stats(predictions: pd.DataFrame) -> np.ndarray:
@@ -136,6 +138,7 @@ def file_stats(predictions: pd.DataFrame) -> np.ndarray:
     s[:, _S_CONF] = confident
     s[:, _S_CONF_F] = confident & (label == "female")
     s[:, _S_CONFSUM] = np.nan_to_num(conf)
+    s[:, _S_CONF_N] = np.isfinite(conf)
     s[:, _S_GT] = has_gt
     s[:, _S_CORRECT] = has_gt & np.where(y, pred_male, pred_female)
     s[:, _S_GT_CONF] = has_gt & confident
@@ -170,7 +173,7 @@ def metrics_from_sums(sums: np.ndarray, metrics: tuple[str, ...]) -> np.ndarray:
         elif m == "share_female":
             v = _ratio(sums[..., _S_CONF_F], sums[..., _S_CONF])
         elif m == "mean_confidence":
-            v = _ratio(sums[..., _S_CONFSUM], sums[..., _S_N])
+            v = _ratio(sums[..., _S_CONFSUM], sums[..., _S_CONF_N])
         elif m == "accuracy":
             v = _ratio(sums[..., _S_CORRECT], sums[..., _S_GT])
         elif m == "accuracy_confident":
@@ -402,8 +405,13 @@ def _evaluate_group(
     return GroupResult(group_by, group, metrics, value, reps, n_files, n_speakers)
 
 
-def _interval(value: float, reps: np.ndarray, level: float) -> tuple[float, float]:
-    """Percentile interval, widened (clipped) so that it always contains ``value``."""
+def _interval(value: float, reps: np.ndarray, level: float, *, basic: bool = False) -> tuple[float, float]:
+    """Percentile interval, widened (clipped) so that it always contains ``value``.
+
+    ``basic``: the basic bootstrap interval ``(2 value - q_hi, 2 value - q_lo)``, floored at 0,
+    for a statistic the resampling biases, as ECE (always >= 0: it is biased upwards, and each
+    replicate adds that bias again, so a percentile interval lies above the truth).
+    """
     if np.isnan(value):
         return np.nan, np.nan
     r = reps[~np.isnan(reps)]
@@ -411,13 +419,25 @@ def _interval(value: float, reps: np.ndarray, level: float) -> tuple[float, floa
         return np.nan, np.nan
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(r, [alpha, 1.0 - alpha])
+    if basic:
+        lo, hi = max(2 * value - hi, 0.0), 2 * value - lo
     return float(min(lo, value)), float(max(hi, value))
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """A grouping's files summed per (speaker, group) block, for the permutation test of its gaps:
+    ``stats`` shape (n_blocks, K), ``group`` shape (n_blocks,) each block's group."""
+
+    stats: np.ndarray
+    group: np.ndarray
 
 
 def evaluate(
     predictions: pd.DataFrame, features: pd.DataFrame | None, params: ReportParams
-) -> tuple[pd.DataFrame, dict[tuple[str, str], GroupResult]]:
-    """The long groups table plus every group's bootstrap replicates (for the gaps)."""
+) -> tuple[pd.DataFrame, dict[tuple[str, str], GroupResult], dict[str, Blocks]]:
+    """The long groups table, every group's bootstrap replicates and every grouping's blocks
+    (both for the gaps)."""
     predictions = predictions.reset_index(drop=True)
     with_gt = has_ground_truth(predictions)
     metrics = _metric_names(with_gt)
@@ -432,11 +452,13 @@ def evaluate(
     gt_mask = _ground_truth(predictions).notna().to_numpy() & p_ok  # as in file_stats
 
     results: dict[tuple[str, str], GroupResult] = {}
+    blocks: dict[str, Blocks] = {}
     jobs: list[tuple[str, str, np.ndarray]] = [("all", "all", np.ones(len(predictions), dtype=bool))]
     for g in build_groupings(predictions, features, params):
         vals = g.values.to_numpy(dtype=object)
         for level in g.order:
             jobs.append((g.name, level, vals == level))
+        blocks[g.name] = _blocks(stats, codes, vals, g.order)
     for group_by, group, mask in jobs:
         results[(group_by, group)] = _evaluate_group(
             group_by, group, stats[mask], codes[mask], speakers_known, known_spk[mask], metrics, params
@@ -451,7 +473,7 @@ def evaluate(
             if m == "n":
                 lo = hi = v
             elif params.n_bootstrap:
-                lo, hi = _interval(v, r.replicates[:, j], params.confidence_level)
+                lo, hi = _interval(v, r.replicates[:, j], params.confidence_level, basic=m == "ece")
             else:
                 lo = hi = np.nan
             nf, ns = int(r.n_files[j]), r.n_speakers[j]
@@ -473,7 +495,54 @@ def evaluate(
     table["n_speakers"] = pd.array(
         [pd.NA if np.isnan(x) else int(x) for x in table["n_speakers"]], dtype="Int64"
     )
-    return table, results
+    return table, results, blocks
+
+
+def _blocks(stats: np.ndarray, codes: np.ndarray, vals: np.ndarray, order: list[str]) -> Blocks:
+    level_of = {v: i for i, v in enumerate(order)}
+    level = np.array([level_of.get(v, -1) for v in vals])
+    keep = level >= 0
+    pairs = pd.factorize(pd.Series(codes[keep]).astype(str) + "\x1f" + pd.Series(level[keep]).astype(str))[0]
+    sums = np.zeros((pairs.max() + 1 if pairs.size else 0, stats.shape[1]))
+    np.add.at(sums, pairs, stats[keep])
+    group = np.zeros(len(sums), dtype=int)
+    group[pairs] = level[keep]
+    return Blocks(sums, np.asarray(order, dtype=object)[group] if len(sums) else np.array([], dtype=object))
+
+
+def permutation_sums(blocks: Blocks, n_perm: int, rng: np.random.Generator) -> tuple[list[str], np.ndarray]:
+    """Each group's summed statistics when the group labels are shuffled between blocks,
+    ``n_perm`` times: their distribution if the groups did not differ.
+
+    A block is one speaker's files within one group (or one file without a speaker), so a
+    speaker's files move together: they are not independent evidence. Returns the groups and
+    sums of shape ``(n_perm, n_groups, K)``.
+    """
+    groups = sorted(set(blocks.group.tolist()))
+    index = {g: k for k, g in enumerate(groups)}
+    codes = np.array([index[v] for v in blocks.group], dtype=int)
+    out = np.empty((n_perm, len(groups), blocks.stats.shape[1]))
+    chunk = max(1, min(n_perm, 2_000_000 // max(len(codes), 1)))
+    for start in range(0, n_perm, chunk):
+        b = min(chunk, n_perm - start)
+        perm = np.stack([rng.permutation(codes) for _ in range(b)])           # (b, n_blocks)
+        for k in range(len(groups)):
+            out[start:start + b, k] = (perm == k).astype(float) @ blocks.stats
+    return groups, out
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm-Bonferroni adjusted p-values (NaN stays NaN)."""
+    p = np.asarray(p, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    order = ok[np.argsort(p[ok], kind="stable")]
+    m = len(order)
+    running = 0.0
+    for i, idx in enumerate(order):
+        running = max(running, min(1.0, (m - i) * p[idx]))
+        out[idx] = running
+    return out
 
 
 #: Above this many files with ground truth, the fairlearn cross-check runs on a random subset
@@ -569,15 +638,20 @@ def group_metrics(
         results, ``group_by == group == "all"``. Without ground truth only ``n``, ``coverage``,
         ``share_female`` and ``mean_confidence`` are reported.
     """
-    table, _ = evaluate(predictions, features, params or ReportParams())
+    table, _, _ = evaluate(predictions, features, params or ReportParams())
     return table
 
 
 def gaps_from_results(
-    table: pd.DataFrame, results: dict[tuple[str, str], GroupResult], params: ReportParams
+    table: pd.DataFrame, results: dict[tuple[str, str], GroupResult], params: ReportParams,
+    blocks: dict[str, Blocks] | None = None,
 ) -> pd.DataFrame:
-    """Largest gap per (grouping, metric) among groups that are not small."""
+    """Largest gap per (grouping, metric) among groups that are not small, with the bootstrap
+    interval of the gap and, given ``blocks``, a permutation p-value (``p_value``; ``p_adjusted``
+    Holm-adjusted within each metric across the groupings) and ``chance_gap``, the gap that
+    shuffled labels stay below 95% of the time."""
     rows = []
+    shuffled: dict[str, tuple[list[str], np.ndarray]] = {}
     alpha = (1.0 - params.confidence_level) / 2.0
     eligible = table[(table["group_by"] != "all") & ~table["small"] & (table["metric"] != "n")]
     for (group_by, metric), sub in eligible.groupby(["group_by", "metric"], sort=False):
@@ -600,13 +674,32 @@ def gaps_from_results(
                 rg = reps[ok].max(axis=1) - reps[ok].min(axis=1)
                 lo, hi = np.quantile(rg, [alpha, 1.0 - alpha])
                 ci_low, ci_high = float(min(lo, gap)), float(max(hi, gap))
+        p_value = chance = np.nan
+        if blocks is not None and params.n_permutations and group_by in blocks:
+            if group_by not in shuffled:  # one set of permutations serves every metric
+                shuffled[group_by] = permutation_sums(blocks[group_by], params.n_permutations,
+                                                      _rng(params.seed, group_by, "permutations"))
+            names, sums = shuffled[group_by]
+            cols = [names.index(g) for g in sub["group"]]
+            values = metrics_from_sums(sums[:, cols], (metric,))[..., 0]
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN replicates: dropped below
+                perm = np.nanmax(values, axis=1) - np.nanmin(values, axis=1)
+            perm = perm[~np.isnan(perm)]
+            if perm.size:
+                p_value = float((1 + np.sum(perm >= gap - 1e-12)) / (perm.size + 1))
+                chance = float(np.quantile(perm, 0.95))
         rows.append(
             (group_by, metric, gap, ci_low, ci_high, hi_row["group"], float(hi_row["value"]),
-             lo_row["group"], float(lo_row["value"]), len(sub))
+             lo_row["group"], float(lo_row["value"]), len(sub), chance, p_value)
         )
     cols = ["group_by", "metric", "gap", "ci_low", "ci_high", "group_high", "value_high",
-            "group_low", "value_low", "n_groups"]
+            "group_low", "value_low", "n_groups", "chance_gap", "p_value"]
     out = pd.DataFrame(rows, columns=cols)
+    # Holm within each metric, across its groupings: the question a reader asks of the table
+    out["p_adjusted"] = np.nan
+    for _, idx in out.groupby("metric", sort=False).groups.items():
+        out.loc[idx, "p_adjusted"] = holm(out.loc[idx, "p_value"].to_numpy())
     rank = {m: i for i, m in enumerate(GT_METRICS + ALWAYS_METRICS)}
     out["_rank"] = out["metric"].map(rank)
     out = out.sort_values(["_rank", "gap"], ascending=[True, False], kind="stable")
@@ -639,11 +732,13 @@ def largest_gaps(
     -------
     pandas.DataFrame
         Columns ``group_by``, ``metric``, ``gap``, ``ci_low``, ``ci_high``, ``group_high``,
-        ``value_high``, ``group_low``, ``value_low``, ``n_groups``; ordered by metric (accuracy
-        first), then largest gap first. Groupings
-        with fewer than two comparable groups are left out.
+        ``value_high``, ``group_low``, ``value_low``, ``n_groups``, ``chance_gap``, ``p_value``,
+        ``p_adjusted``; ordered by metric (accuracy first), then largest gap first. Groupings
+        with fewer than two comparable groups are left out. The interval says how precisely the
+        gap is measured; whether it is more than chance is ``p_adjusted`` (the max-min gap over
+        several groups is large even when they do not differ at all).
     """
     params = params or ReportParams()
-    _, results = evaluate(predictions, features, params)
-    return gaps_from_results(groups, results, params)
+    _, results, blocks = evaluate(predictions, features, params)
+    return gaps_from_results(groups, results, params, blocks)
 

@@ -82,6 +82,10 @@ def _folds(meta: pd.DataFrame, folds: int, seed: int) -> dict[str, int]:
     return out
 
 
+class ManifestError(ValueError):
+    """The training manifest or the audio it names cannot be trained on; the message says why."""
+
+
 def load_all(meta, cache, variants, seed):
     from grv_batch.training.dataset import load_windows
 
@@ -313,7 +317,7 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
         pd.read_parquet(metadata) if str(metadata).endswith(".parquet") else pd.read_csv(metadata))
     for col in ("path", "gender", "speaker_id"):
         if col not in meta.columns:
-            raise ValueError(f"metadata needs a {col!r} column")
+            raise ManifestError(f"metadata needs a {col!r} column")
     meta = meta[meta["gender"].isin(["female", "male"])].copy()
     if "corpus" not in meta.columns:
         meta["corpus"] = "all"
@@ -326,7 +330,7 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
         _log(f"skipped: {e}")
     W, logmels = load_all(meta, cache, variants + eval_variants, seed)
     if W.empty or W["speaker_id"].nunique() < folds:
-        raise ValueError(f"{W['path'].nunique() if len(W) else 0} of the manifest's {len(meta)} "
+        raise ManifestError(f"{W['path'].nunique() if len(W) else 0} of the manifest's {len(meta)} "
                          f"labelled clips could be read, from {W['speaker_id'].nunique() if len(W) else 0} "
                          f"speaker(s): {folds}-fold speaker-grouped cross-validation needs at least "
                          f"{folds} speakers (check --data-root and the manifest's paths)")
