@@ -189,15 +189,21 @@ def test_unusable_arguments_stop_with_one_line(tmp_path, problem, message):
     assert "Sup3rSecret" not in proc.stderr + proc.stdout and "T0ken99" not in proc.stderr + proc.stdout
 
 
-def test_interrupted_run_resumes_exactly_once(tmp_path):
+def _one_file_batches_run(tmp_path, *, broken: bool, seed: int) -> tuple[list[str], dict, Path]:
+    """``grv-batch run`` over 24 voices in one-file batches (many completion records to interrupt
+    between): the command, its environment and OUT."""
     corpus = tmp_path / "corpus"
-    make_mixed_corpus(corpus, n_voices=24, broken=True, seed=3)
+    make_mixed_corpus(corpus, n_voices=24, broken=broken, seed=seed)
     job = tmp_path / "small-batches.toml"
     job.write_text("[execution]\nbatch_audio_s = 4.0\nmax_files_per_batch = 1\n")
     out = tmp_path / "out"
     cmd = [str(BIN / "grv-batch"), "run", str(corpus), "--out", str(out), "--job", str(job),
            "--workers", "1", "--no-progress"]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return cmd, {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, out
+
+
+def test_interrupted_run_resumes_exactly_once(tmp_path):
+    cmd, env, out = _one_file_batches_run(tmp_path, broken=True, seed=3)
     t0 = time.monotonic()
     full = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     full_s = time.monotonic() - t0
@@ -252,14 +258,7 @@ def test_interrupted_run_resumes_exactly_once(tmp_path):
 
 
 def test_ctrl_c_stops_with_one_line_and_the_same_command_resumes(tmp_path):
-    corpus = tmp_path / "corpus"
-    make_mixed_corpus(corpus, n_voices=24, broken=False, seed=5)
-    job = tmp_path / "small-batches.toml"
-    job.write_text("[execution]\nbatch_audio_s = 4.0\nmax_files_per_batch = 1\n")
-    out = tmp_path / "out"
-    cmd = [str(BIN / "grv-batch"), "run", str(corpus), "--out", str(out), "--job", str(job),
-           "--workers", "1", "--no-progress"]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    cmd, env, out = _one_file_batches_run(tmp_path, broken=False, seed=5)
     client = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=env, start_new_session=True)
     deadline = time.monotonic() + 300
