@@ -27,8 +27,8 @@ from grv_batch._version import __version__
 from grv_batch.discovery import (Corpus, InputError, batch_id_for, discover, join_metadata,
                                  load_metadata, plan_batches)
 from grv_batch.pipeline import (BATCHES_DIR, SHARD_TABLES, BatchTask, OutputLayout,
-                                error_batch_record, features_schema, rename_metadata_clashes,
-                                predictions_schema, process_batch)
+                                error_batch_record, features_schema, predictions_schema,
+                                process_batch, rename_metadata_clashes)
 
 JOB_FILE = "_job.json"
 MIN_TASKS = 32  # split a corpus into at least this many tasks when batches allow
@@ -210,10 +210,12 @@ def _metadata_digest(metadata) -> str | None:
     return h.hexdigest()
 
 
-def _check_report_groups(job, layout: OutputLayout, renamed: Mapping[str, str] = {}) -> None:  # noqa: B006
-    """A report group that names no column would only fail after all the audio is processed."""
+def _check_report_groups(job, layout: OutputLayout, renamed: Mapping[str, str] | None = None) -> None:
+    """A report group that names no column would only fail after all the audio is processed.
+    ``renamed``: metadata columns carried as ``meta_<name>`` (:func:`rename_metadata_clashes`)."""
     if not job.output.write_report:
         return
+    renamed = renamed or {}
     from grv_batch.report._metrics import BANDS
 
     columns = predictions_schema(layout.member_names, layout.metadata_schema).names
