@@ -852,6 +852,9 @@ def render_docs(res: dict, quick: bool) -> str:
     parts += [
         "## Reproduce",
         "",
+        "The benchmark needs `../shared` beside the checkout (its clips for the corpus and "
+        "`anchors/seed-model.h5` for the original pipeline). `--write-docs` rewrites this page.",
+        "",
         "```bash",
         "source .venv/bin/activate",
         "python benchmarks/run_benchmark.py --hours 3 --long-minutes 60 --workers 1 2 --write-docs",
@@ -863,8 +866,9 @@ def render_docs(res: dict, quick: bool) -> str:
         res["command"],
         "```",
         "",
-        "The corpus is built outside the repository (`benchmarks/make_corpus.py`, default "
-        "`/tmp/grv-bench/corpus-<hours>h-<minutes>m`, reused when it matches); outputs, logs, "
+        "The corpus is built outside the repository (by `benchmarks/make_corpus.py`; "
+        "`run_benchmark.py`'s default `--corpus-dir` is `/tmp/grv-bench/corpus-<hours>h-<minutes>m`, "
+        "reused when it matches); outputs, logs, "
         "`results.json` and the raw `profile.pstats` go to a fresh folder under `/tmp/grv-bench/runs/`. "
         "On a machine with more than two cores the default worker counts are 1, 2 and all cores. "
         "Each grv-batch run is killed (with its Dask workers) after `--run-timeout` seconds.",

@@ -46,16 +46,16 @@ def _quiet_libraries() -> None:
 
 @app.command()
 def run(
-    input: Annotated[str, typer.Argument(help="Folder, single file, or bucket URL (s3://bucket/prefix/).")],
+    input: Annotated[str, typer.Argument(metavar="INPUT", help="Folder, single file, or bucket URL (s3://bucket/prefix/).")],
     out: Annotated[str, typer.Option("--out", "-o", help="Output folder or bucket URL.")],
     job: Annotated[Optional[Path], typer.Option("--job", "-j", help="Job file (TOML); default jobs/default.toml settings.")] = None,
     metadata: Annotated[Optional[str], typer.Option("--metadata", "-m", help="CSV or Parquet with a 'path' column (optional speaker_id, gender, groups).")] = None,
     scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="Existing Dask scheduler (tcp://host:8786); also DASK_SCHEDULER_ADDRESS.")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Local worker processes (default: one per core).")] = None,
     storage_option: StorageOptions = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier grv-batch output of another job in OUT (never a folder grv-batch did not write).")] = False,
-    retry_errors: Annotated[bool, typer.Option("--retry-errors", help="When resuming, run the files that became error rows again (e.g. after a bucket timed out).")] = False,
-    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier grv-batch output of another job in OUT (never a folder grv-batch did not write).", metavar="")] = False,
+    retry_errors: Annotated[bool, typer.Option("--retry-errors", help="When resuming, run the files that became error rows again (e.g. after a bucket timed out).", metavar="")] = False,
+    no_progress: Annotated[bool, typer.Option("--no-progress", help="No progress bar.", metavar="")] = False,
 ) -> None:
     """Analyse every audio file under INPUT and write Parquet tables (and a report) to OUT."""
     _quiet_libraries()
@@ -106,8 +106,8 @@ def run(
     if summary.n_batches_skipped == summary.n_batches:
         done = f"nothing left to run, all {summary.n_batches} batch(es) were already done"
     else:
-        done = (f"{summary.audio_s / 3600:.2f} h of audio in {summary.wall_s:.1f} s "
-                f"({summary.audio_s / max(summary.wall_s, 1e-9):.0f}x realtime)"
+        done = (f"{summary.processed_audio_s / 3600:.2f} h of audio in {summary.wall_s:.1f} s "
+                f"({summary.processed_audio_s / max(summary.wall_s, 1e-9):.0f}x realtime)"
                 + (f"; {summary.n_batches_skipped} batch(es) already done"
                    if summary.n_batches_skipped else ""))
     console.print(f"Done: {summary.n_files} file(s), {summary.n_ok} ok, {summary.n_error} error; "
@@ -186,7 +186,7 @@ def _csv(text: str) -> list[str]:
 
 @app.command()
 def report(
-    out: Annotated[str, typer.Argument(help="A finished run's OUT (folder or bucket URL).")],
+    out: Annotated[str, typer.Argument(metavar="OUT", help="A finished run's OUT (folder or bucket URL).")],
     metadata: Annotated[Optional[str], typer.Option("--metadata", "-m", help="Other metadata to join on 'path' (replaces carried columns).")] = None,
     group: Annotated[Optional[list[str]], typer.Option("--group", "-g", help="Column to group on (repeatable; default: from the run's job).")] = None,
     storage_option: StorageOptions = None,
@@ -228,7 +228,7 @@ def report(
 def demo(
     out: Annotated[Path, typer.Argument(help="Folder for the demo corpus (OUT/corpus) and the run (OUT/run).")] = Path("demo-out"),
     workers: Annotated[Optional[int], typer.Option("--workers", "-w", min=1, help="Local worker processes (default: one per core).")] = None,
-    corpus_only: Annotated[bool, typer.Option("--corpus-only", help="Only synthesise the corpus.")] = False,
+    corpus_only: Annotated[bool, typer.Option("--corpus-only", help="Only synthesise the corpus.", metavar="")] = False,
     speakers: Annotated[int, typer.Option("--speakers", min=2, help="Synthetic speakers.")] = 24,
 ) -> None:
     """Synthesise a small labelled corpus of voices, then run the full job on it."""

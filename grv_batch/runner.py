@@ -64,6 +64,8 @@ class RunSummary:
     audio_s: float
     wall_s: float
     report: str | None = None
+    #: audio of the files processed by this command (``audio_s`` counts all of OUT's ok files)
+    processed_audio_s: float = 0.0
     counts: dict[str, Any] = field(default_factory=dict)
 
 
@@ -230,7 +232,8 @@ def _check_report_groups(job, layout: OutputLayout, renamed: Mapping[str, str] |
     if missing:
         raise InputError(f"[report] groups names {', '.join(map(repr, missing))}, not a metadata "
                          f"column (metadata columns: {carried})")
-    bands = ({b for name, *_ in BANDS for b in (name, f"{name}_derived")}
+    # a metadata column of a band's name keeps it; the band is then <name>_derived
+    bands = ({f"{name}_derived" if name in columns else name for name, *_ in BANDS}
              if job.report.derived_bands else set())
     missing = [c for pair in job.report.intersections for c in pair
                if c not in columns and c not in bands]
@@ -434,6 +437,7 @@ def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | No
             say(f"[yellow]Report could not be built: {escape(report_error)}[/yellow]")
     phases["report_s"] = time.perf_counter() - started - sum(phases.values())
     wall = time.perf_counter() - started
+    processed = float(sum(r.get("audio_s") or 0.0 for r in records))
     model_identity = next((r.get("model") for r in records if r.get("model")), None)
     if model_identity is None:
         model_identity = _previous_identity(fs, out)
@@ -442,6 +446,7 @@ def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | No
                          n_error=counts["n_error"], n_batches=len(tasks),
                          n_batches_skipped=len(tasks) - len(pending),
                          audio_s=counts["audio_s"], wall_s=wall, report=report_path,
+                         processed_audio_s=processed,
                          counts={**counts, "n_speakers": speakers_n,
                                  "files_without_metadata": joined.files_without_metadata,
                                  "metadata_without_files": joined.metadata_without_files,
@@ -457,8 +462,9 @@ def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | No
         "counts": summary.counts,
         "batches": {"total": len(tasks), "run_now": len(pending),
                     "skipped_as_done": len(tasks) - len(pending)},
-        "timings": {"wall_s": wall, "audio_s": counts["audio_s"],
-                    "realtime_factor": counts["audio_s"] / wall if wall else None,
+        # this command's: a resumed run's wall time covers only the batches it ran
+        "timings": {"wall_s": wall, "audio_s": processed,
+                    "realtime_factor": processed / wall if wall else None,
                     "task_wall_s": sum(r.get("wall_s") or 0.0 for r in records),
                     # where the run's wall time went: set-up, the batches on the workers, the
                     # accounting and speakers table, the report

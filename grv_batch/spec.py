@@ -48,7 +48,8 @@ class ExecutionParams(Params):
         Memory limit per local worker, as Dask understands it (``"auto"``, ``"2GiB"``).
     batch_audio_s
         Target seconds of audio per task; each task writes one shard per table. A corpus of less
-        than 32 times this is split into 32 tasks (at least 10 s each) so every worker has work.
+        than 32 times this is split into up to 32 tasks (at least 10 s of audio each) so every
+        worker has work.
     max_files_per_batch
         Upper bound of files per task, for corpora of very short clips.
     retries

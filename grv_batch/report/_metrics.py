@@ -658,8 +658,8 @@ def gaps_from_results(
         sub = sub[sub["value"].notna()]
         if len(sub) < 2:
             continue
-        hi_row = sub.loc[sub["value"].idxmax()]
-        lo_row = sub.loc[sub["value"].idxmin()]
+        ranked = sub.sort_values("value", kind="stable")  # two different groups, even when tied
+        lo_row, hi_row = ranked.iloc[0], ranked.iloc[-1]
         gap = float(hi_row["value"] - lo_row["value"])
         ci_low = ci_high = np.nan
         if params.n_bootstrap:
