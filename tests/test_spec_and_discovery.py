@@ -256,3 +256,15 @@ def test_metadata_paths_as_absolute_paths_or_file_urls_match_a_local_input(tmp_p
     pd.DataFrame({"path": [f"{tmp_path}/in/a.wav", f"file://{tmp_path}/in/sub/b.wav"]}).to_csv(meta, index=False)
     frame = load_metadata(str(meta), input_url=str(tmp_path / "in"))
     assert list(frame["path"]) == ["a.wav", "sub/b.wav"]
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"speakers": {"confidence_threshold": 2.0}}, "[speakers].confidence_threshold"),
+    ({"speakers": {"disagreement": -1}}, "[speakers].disagreement"),
+    ({"execution": {"memory_limit": "lots"}}, "[execution].memory_limit"),
+])
+def test_speaker_and_execution_settings_out_of_range_are_refused(overrides, key):
+    with pytest.raises(JobError) as err:
+        load_job(overrides=overrides)
+    assert key in str(err.value)
+    assert load_job(overrides={"execution": {"memory_limit": "4GB"}}).execution.memory_limit == "4GB"
