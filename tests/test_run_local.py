@@ -222,19 +222,20 @@ def test_interrupted_run_resumes_exactly_once(tmp_path):
         time.sleep(0.2)
     os.killpg(client.pid, signal.SIGKILL)  # the client and its local cluster die at once
     client.wait()
-    assert not (out2 / "_run.json").exists()
+    assert not (out2 / "_run.json").exists(), "the run finished before it was killed"
     t0 = time.monotonic()
     resumed = subprocess.run(cmd2, capture_output=True, text=True, env=env, timeout=600)
     resumed_s = time.monotonic() - t0
     assert resumed.returncode == 0, resumed.stderr
     run = json.loads((out2 / "_run.json").read_text())
-    assert run["batches"]["skipped_as_done"] >= n_batches // 2
+    assert run["batches"]["skipped_as_done"] >= n_batches // 2, (run["batches"], resumed.stderr)
     files = read_table(out2, "files")
-    assert files["file_id"].is_unique and len(files) == len(read_table(out, "files"))
+    assert files["file_id"].is_unique and len(files) == len(read_table(out, "files")), \
+        (len(files), files["file_id"].duplicated().sum())
     assert read_table(out2, "predictions")["file_id"].is_unique
     # Less work, not just less time: the resumed run ran only the batches the killed one had not
     # finished (wall time is dominated by cluster start and model loading at this size).
-    assert run["batches"]["run_now"] <= n_batches - n_batches // 2
+    assert run["batches"]["run_now"] <= n_batches - n_batches // 2, run["batches"]
     print(f"full run {full_s:.1f} s, resumed after kill {resumed_s:.1f} s")
 
     # Rows lost or doubled after the fact (a shard deleted; a stray task of an interrupted run
@@ -246,15 +247,16 @@ def test_interrupted_run_resumes_exactly_once(tmp_path):
     doubled = shards[1].name[len("part-"):-len(".parquet")]
     shutil.copy(shards[1], out / "files" / f"part-{doubled}.0.parquet")
     first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert first.returncode == 2 and "1 duplicated" in first.stderr and "again" in first.stderr
+    assert first.returncode == 2 and "1 duplicated" in first.stderr and "again" in first.stderr, \
+        (first.returncode, first.stderr)
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0, again.stderr
     files = read_table(out, "files")
-    assert files["file_id"].is_unique and len(files) == n_files
-    assert json.loads((out / "_run.json").read_text())["batches"]["run_now"] == 1
+    assert files["file_id"].is_unique and len(files) == n_files, (len(files), n_files)
+    assert json.loads((out / "_run.json").read_text())["batches"]["run_now"] == 1, again.stderr
     finished = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert finished.returncode == 0 and "nothing left to run" in finished.stderr
-    assert "Dask cluster" not in finished.stderr  # no cluster started for no work
+    assert finished.returncode == 0 and "nothing left to run" in finished.stderr, finished.stderr
+    assert "Dask cluster" not in finished.stderr, finished.stderr  # no cluster for no work
 
 
 def test_ctrl_c_stops_with_one_line_and_the_same_command_resumes(tmp_path):
