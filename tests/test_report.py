@@ -457,3 +457,12 @@ def test_ece_interval_is_basic_and_mean_confidence_skips_missing_values():
     assert ece["ci_low"] < 0.5 * ece["value"]  # a percentile interval would sit above the value
     assert g.loc["mean_confidence", "value"] == pytest.approx(pred["confidence"].mean())
     assert g.loc["mean_confidence", "n_files"] == n - 10
+
+
+def test_intersection_cells_that_would_share_a_name_are_refused():
+    pred = pd.DataFrame({"file_id": ["1", "2"], "path": ["1.wav", "2.wav"], "p_male": [0.9, 0.1],
+                         "confidence": [0.9, 0.9], "label": ["male", "female"],
+                         "x": ["a*b", "a"], "y": ["c", "b*c"]})
+    with pytest.raises(ReportInputError, match="share the name 'a\\*b\\*c'"):
+        group_metrics(pred, None, params=ReportParams(groups=["x", "y"], intersections=[("x", "y")],
+                                                      n_bootstrap=0, derived_bands=False))

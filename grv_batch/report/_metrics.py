@@ -306,6 +306,12 @@ def build_groupings(
                 orders[c] = sorted(series[c].dropna().unique().tolist(), key=_natural_key)
         sa, sb = series[a], series[b]
         both = sa.notna() & sb.notna()
+        cells = pd.DataFrame({"a": sa[both].astype(str), "b": sb[both].astype(str)}).drop_duplicates()
+        names = cells["a"] + "*" + cells["b"]
+        if names.duplicated().any():  # e.g. ("a*b", "c") and ("a", "b*c"): one cell "a*b*c"
+            raise ReportInputError(f"intersection {a}*{b}: values containing '*' make two cells share "
+                                   f"the name {names[names.duplicated()].iloc[0]!r}; remove '*' from "
+                                   f"the values of {a} or {b}")
         vals = pd.Series(np.nan, index=predictions.index, dtype=object)
         vals[both] = sa[both].astype(str) + "*" + sb[both].astype(str)
         order = [f"{x}*{y}" for x in orders[a] for y in orders[b] if (vals == f"{x}*{y}").any()]
