@@ -13,7 +13,7 @@ from grv_batch.discovery import load_metadata
 from . import _html as H
 from ._config import ReportInputError, ReportParams
 from ._io import join_url, parquet_bytes, read_table, rejoin_metadata, write_bytes
-from ._metrics import BANDS, _ground_truth, build_groupings, decisions, evaluate, gaps_from_results
+from ._metrics import BANDS, _ground_truth, build_groupings, evaluate, gaps_from_results
 
 FEATURE_COLUMNS = [b[1] for b in BANDS]
 
@@ -118,7 +118,7 @@ def render_html(
     conf = pd.to_numeric(predictions["confidence"], errors="coerce").to_numpy(dtype=float)
     y = (gt == "male").to_numpy()
     has_gt = gt.notna().to_numpy() & ~np.isnan(p)
-    correct = decisions(p) == y
+    correct = (p > 0.5) == y
     overall = _metric_row(table, "all", "all")
     groupings = build_groupings(predictions, features, params)
     speakers_known = "speaker_id" in predictions.columns and predictions["speaker_id"].notna().any()

@@ -110,17 +110,6 @@ def has_ground_truth(predictions: pd.DataFrame) -> bool:
     return bool(_ground_truth(predictions).notna().any())
 
 
-def decisions(p: np.ndarray) -> np.ndarray:
-    """The forced decision per file, SPEC's rule: 1 male (``p_male > 0.5``), else 0 female;
-    -1 (none) only where ``p_male`` is missing.
-
-    A file without any detected speech gets exactly 0.5 and so counts as female: in groups with
-    many such files (``speech_duration_band`` shows them) accuracy leans towards women.
-    """
-    p = np.asarray(p, dtype=float)
-    return np.where(np.isnan(p), -1, (p > 0.5).astype(int))
-
-
 def file_stats(predictions: pd.DataFrame) -> np.ndarray:
     """Per-file vector of sums from which every metric is a ratio, shape (n_files, K)."""
     n = len(predictions)
@@ -130,8 +119,9 @@ def file_stats(predictions: pd.DataFrame) -> np.ndarray:
     gt = _ground_truth(predictions).to_numpy(dtype=object)
     has_gt = pd.notna(gt) & ~np.isnan(p)
     y = gt == "male"
-    decided = decisions(p)
-    pred_male, pred_female = decided == 1, decided == 0
+    # SPEC's decision: male when p_male > 0.5. A file without any detected speech gets exactly
+    # 0.5 and so counts as female: groups with many such files lean towards women in accuracy.
+    pred_male = p > 0.5
     confident = (label == "female") | (label == "male")
     s = np.zeros((n, _N_STATS), dtype=float)
     s[:, _S_N] = 1.0
@@ -140,11 +130,11 @@ def file_stats(predictions: pd.DataFrame) -> np.ndarray:
     s[:, _S_CONFSUM] = np.nan_to_num(conf)
     s[:, _S_CONF_N] = np.isfinite(conf)
     s[:, _S_GT] = has_gt
-    s[:, _S_CORRECT] = has_gt & np.where(y, pred_male, pred_female)
+    s[:, _S_CORRECT] = has_gt & (pred_male == y)
     s[:, _S_GT_CONF] = has_gt & confident
     s[:, _S_GT_CONF_OK] = has_gt & confident & ((label == "male") == y)
     s[:, _S_F] = has_gt & ~y
-    s[:, _S_F_OK] = has_gt & ~y & pred_female
+    s[:, _S_F_OK] = has_gt & ~y & ~pred_male
     s[:, _S_M] = has_gt & y
     s[:, _S_M_OK] = has_gt & y & pred_male
     pc = np.clip(np.nan_to_num(p), 0.0, 1.0)
@@ -506,14 +496,13 @@ def evaluate(
 
 def _blocks(stats: np.ndarray, codes: np.ndarray, vals: np.ndarray, order: list[str]) -> Blocks:
     level_of = {v: i for i, v in enumerate(order)}
-    level = np.array([level_of.get(v, -1) for v in vals])
+    level = np.array([level_of.get(v, -1) for v in vals], dtype=int)
     keep = level >= 0
-    pairs = pd.factorize(pd.Series(codes[keep]).astype(str) + "\x1f" + pd.Series(level[keep]).astype(str))[0]
-    sums = np.zeros((pairs.max() + 1 if pairs.size else 0, stats.shape[1]))
-    np.add.at(sums, pairs, stats[keep])
-    group = np.zeros(len(sums), dtype=int)
-    group[pairs] = level[keep]
-    return Blocks(sums, np.asarray(order, dtype=object)[group] if len(sums) else np.array([], dtype=object))
+    # one block per (cluster, group) pair
+    pairs, inverse = np.unique(np.column_stack([codes[keep], level[keep]]), axis=0, return_inverse=True)
+    sums = np.zeros((len(pairs), stats.shape[1]))
+    np.add.at(sums, inverse.ravel(), stats[keep])
+    return Blocks(sums, np.asarray(order, dtype=object)[pairs[:, 1]])
 
 
 def permutation_sums(blocks: Blocks, n_perm: int, rng: np.random.Generator) -> tuple[list[str], np.ndarray]:
@@ -579,7 +568,7 @@ def _fairlearn_check(
     from fairlearn.metrics import MetricFrame
 
     y = (_ground_truth(predictions) == "male").to_numpy()[idx].astype(int)
-    yhat = decisions(pd.to_numeric(predictions["p_male"], errors="coerce").to_numpy())[idx]
+    yhat = (pd.to_numeric(predictions["p_male"], errors="coerce").to_numpy() > 0.5)[idx].astype(int)
     sub_stats = stats[idx]
 
     def _acc(t: np.ndarray, p: np.ndarray) -> float:
