@@ -337,9 +337,10 @@ def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = No
             f"with: predictions may be less accurate than docs/models.md reports[/yellow]")
     try:
         fs, out = storage.filesystem(out_url, options)
+        digest = _metadata_digest(metadata)
         resuming = _prepare_out(fs, out, typed_job, input_url=input_url, model_sha256=model_sha256,
-                                metadata_sha256=_metadata_digest(metadata),
-                                metadata_sha256_as_read=_metadata_digest(raw_metadata))
+                                metadata_sha256=digest,
+                                metadata_sha256_as_read=_metadata_digest(raw_metadata) if renamed else digest)
     except OutputConflict:
         raise
     except Exception as exc:  # noqa: BLE001 - an unreachable endpoint, bad credentials...

@@ -24,7 +24,7 @@ from grv_batch.models import ModelParams
 from grv_batch.report import ReportParams
 from grv_batch.speakers import SpeakerParams
 from grv_batch.stages.decode import DecodeParams
-from grv_batch.stages.denoise import DenoiseParams
+from grv_batch.stages.denoise import MIN_SAMPLE_RATE as MIN_DENOISE_RATE, DenoiseParams
 from grv_batch.stages.normalize import NormalizeParams
 from grv_batch.stages.resample import ResampleParams
 from grv_batch.stages.segment import SegmentParams
@@ -110,7 +110,6 @@ class OutputParams(Params):
 
 #: sections that shape the models' inputs (``[decode]`` only picks the channel)
 ANALYSIS_SECTIONS = ("resample", "denoise", "normalize", "speech", "segment", "features")
-MIN_DENOISE_RATE = 10240
 
 
 class JobSpec(Params):
@@ -134,7 +133,7 @@ class JobSpec(Params):
 
     @model_validator(mode="after")
     def _denoise_needs_rate(self) -> "JobSpec":
-        # noisereduce's mask smoothing spans 500 Hz and 50 ms: below this rate it has no bins
+        # noisereduce's mask smoothing spans 50 ms: below this rate that is less than one hop
         if self.denoise.enabled and self.resample.sample_rate < MIN_DENOISE_RATE:
             raise ValueError(f"[resample] sample_rate {self.resample.sample_rate} is too low to "
                              f"denoise (at least {MIN_DENOISE_RATE} Hz); raise it or set [denoise] "

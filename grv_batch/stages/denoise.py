@@ -148,6 +148,8 @@ _PAD = _N_FFT  # noisereduce's ``padding``: zeros on each side of the one chunk
 _N_STD_THRESH = 1.5
 _FREQ_SMOOTH_HZ = 500.0
 _TIME_SMOOTH_MS = 50.0
+#: the lowest rate the mask smoothing works at: its 50 ms must span at least one hop (10240 Hz)
+MIN_SAMPLE_RATE = int(1000 * _HOP / _TIME_SMOOTH_MS)
 # a NumPy float64 scalar (not a Python float): it promotes a float32 |x| to float64, as in noisereduce
 _EPS = np.finfo(np.float64).eps
 
