@@ -34,6 +34,12 @@ FAULT_INJECTION_ENV = "GRV_BATCH_TEST_CRASH_ON"
 #: Likewise, but the task raises (as a bug or a persistent write error would) instead of dying.
 FAULT_RAISE_ENV = "GRV_BATCH_TEST_RAISE_ON"
 
+#: Attempts at reading a file whose storage failed (network, bucket), and the first pause between
+#: them (then 4x longer each time): s3fs retries each request itself, so these cover an outage of
+#: a few seconds rather than a dropped packet.
+READ_ATTEMPTS = 3
+READ_RETRY_DELAY_S = 1.0
+
 #: Windows buffered before one ensemble predict; bounds memory (a 30 s window's log-mel is ~0.8 MB).
 PREDICT_CHUNK_WINDOWS = 32
 
@@ -282,8 +288,6 @@ def process_batch(task: BatchTask, *, job, layout: OutputLayout,
     dict
         The completion record, also written to ``OUT/_batches/<batch_id>.json``.
     """
-    import fsspec
-
     from grv_batch.features import iter_windows, pool_windows
     from grv_batch.models import load_ensemble
     from grv_batch.stages.decode import DecodeError, probe
@@ -321,40 +325,49 @@ def process_batch(task: BatchTask, *, job, layout: OutputLayout,
         row: dict[str, Any] = {"file_id": audio_file.file_id, "path": audio_file.path,
                                "size_bytes": audio_file.size}
         result = _FileResult(row=row)
-        try:
-            if audio_file.problem:
-                raise DecodeError(audio_file.problem)
-            with fsspec.open(audio_file.url, "rb", **options) as source:
-                info = probe(source)
-                source.seek(0)
-                row.update(sample_rate=info.sample_rate, channels=info.channels,
-                           format=info.format, subtype=info.subtype)
-                for window in iter_windows(source, analysis, info=info):
-                    result.windows.append(window)
-                    pending.append((result, window))
-                    if len(pending) >= PREDICT_CHUNK_WINDOWS:
-                        flush()
-            if not result.windows:
-                raise DecodeError("no audio samples")
-            result.features = pool_windows(result.windows)
-            duration = float(sum(w.duration_s for w in result.windows))
-            row.update(status="ok", error=None, duration_s=duration,
-                       n_windows=len(result.windows),
-                       speech_s=float(sum(w.speech_s for w in result.windows)))
-        except DecodeError as exc:
-            _drop_pending(pending, result)
-            row.update(status="error", error=storage.redact_text(str(exc), layout.secrets))
-        except PermissionError:
-            _drop_pending(pending, result)
-            row.update(status="error", error="cannot open: permission denied")
-        except FileNotFoundError:
-            _drop_pending(pending, result)
-            row.update(status="error", error="file disappeared before it could be read")
-        except Exception as exc:  # noqa: BLE001 - one bad file must not take the batch with it
-            _drop_pending(pending, result)
-            last = traceback.extract_tb(exc.__traceback__)[-1]
-            message = f"could not be processed: {type(exc).__name__}: {exc} (at {os.path.basename(last.filename)}:{last.lineno})"
-            row.update(status="error", error=storage.redact_text(message, layout.secrets))
+        for attempt in range(1, READ_ATTEMPTS + 1):
+            try:
+                if audio_file.problem:
+                    raise DecodeError(audio_file.problem)
+                with storage.open_input(audio_file.url, options) as source:
+                    info = probe(source)
+                    source.seek(0)
+                    row.update(sample_rate=info.sample_rate, channels=info.channels,
+                               format=info.format, subtype=info.subtype)
+                    for window in iter_windows(source, analysis, info=info):
+                        result.windows.append(window)
+                        pending.append((result, window))
+                        if len(pending) >= PREDICT_CHUNK_WINDOWS:
+                            flush()
+                if not result.windows:
+                    raise DecodeError("no audio samples")
+                result.features = pool_windows(result.windows)
+                duration = float(sum(w.duration_s for w in result.windows))
+                row.update(status="ok", error=None, duration_s=duration,
+                           n_windows=len(result.windows),
+                           speech_s=float(sum(w.speech_s for w in result.windows)))
+            except storage.ReadFailed as exc:
+                _drop_pending(pending, result)
+                if attempt < READ_ATTEMPTS:  # the storage may answer a moment later
+                    time.sleep(READ_RETRY_DELAY_S * 4 ** (attempt - 1))
+                    continue
+                message = f"{exc} (after {attempt} attempts)"
+                row.update(status="error", error=storage.redact_text(message, layout.secrets))
+            except DecodeError as exc:
+                _drop_pending(pending, result)
+                row.update(status="error", error=storage.redact_text(str(exc), layout.secrets))
+            except PermissionError:
+                _drop_pending(pending, result)
+                row.update(status="error", error="cannot open: permission denied")
+            except FileNotFoundError:
+                _drop_pending(pending, result)
+                row.update(status="error", error="file disappeared before it could be read")
+            except Exception as exc:  # noqa: BLE001 - one bad file must not take the batch with it
+                _drop_pending(pending, result)
+                last = traceback.extract_tb(exc.__traceback__)[-1]
+                message = f"could not be processed: {type(exc).__name__}: {exc} (at {os.path.basename(last.filename)}:{last.lineno})"
+                row.update(status="error", error=storage.redact_text(message, layout.secrets))
+            break
         row["processing_s"] = time.perf_counter() - t0
         results.append(result)
     flush()

@@ -6,13 +6,14 @@ credentials are done in one place.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import posixpath
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import fsspec
@@ -281,3 +282,100 @@ def read_parquet(fs, path: str, columns: list[str] | None = None) -> pa.Table | 
 def is_local(fs) -> bool:
     protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     return "file" in protocol or "local" in protocol
+
+
+# --- Reading INPUT ------------------------------------------------------------------------------
+
+
+class ReadFailed(OSError):
+    """Reading an INPUT file failed in the storage layer (network, bucket, disk), not in its audio.
+
+    Worth retrying: the same file may read fine a moment later.
+    """
+
+
+class GuardedReader(io.RawIOBase):
+    """A read-only file object over ``raw`` that keeps the first exception a read or seek raises.
+
+    Decoders read through C callbacks (libsndfile's virtual I/O, FFmpeg's) that swallow a Python
+    exception and take the failed read for the end of the file: a network error half-way through
+    an Ogg file decoded as a shorter, valid-looking file. Here a failed read answers "end of file"
+    too, and :attr:`error` says it was not one; :func:`open_input` turns it into :class:`ReadFailed`
+    whatever the decoder made of the short read.
+    """
+
+    def __init__(self, raw: Any):
+        super().__init__()
+        self._raw = raw
+        self.error: BaseException | None = None
+        # decoders choose by file name (``path`` on fsspec's files, ``name`` on local ones)
+        self.path = getattr(raw, "path", None) or getattr(raw, "name", "")
+        self.name = self.path
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.error is not None:
+            return 0
+        try:
+            data = self._raw.read(len(buffer))
+        except Exception as exc:  # noqa: BLE001 - kept for open_input; the decoder sees EOF
+            self.error = exc
+            return 0
+        buffer[: len(data)] = data
+        return len(data)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if self.error is None:
+            try:
+                return self._raw.seek(offset, whence)
+            except Exception as exc:  # noqa: BLE001
+                self.error = exc
+        return self.tell()
+
+    def tell(self) -> int:
+        try:
+            return self._raw.tell()
+        except Exception:  # noqa: BLE001
+            return 0
+
+
+#: Exceptions that are about the file itself, not the storage: retrying cannot help.
+_PERMANENT_OPEN_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+@contextlib.contextmanager
+def open_input(url: str, storage_options: Mapping[str, Any] | None = None) -> Iterator[GuardedReader]:
+    """Open an INPUT file for decoding.
+
+    Raises
+    ------
+    ReadFailed
+        Opening failed for a reason other than the file being absent or forbidden, or a read or
+        seek failed while the file was open (also when the decoder then raised an error of its
+        own about the short data: the short data was not the file's).
+    FileNotFoundError, PermissionError
+        As raised by the file system.
+    """
+    try:
+        raw = fsspec.open(url, "rb", **dict(storage_options or {})).open()
+    except _PERMANENT_OPEN_ERRORS:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a bucket's errors come in many classes
+        raise ReadFailed(f"cannot open: {type(exc).__name__}: {exc}") from exc
+    reader = GuardedReader(raw)
+    try:
+        yield reader
+    except Exception:
+        if reader.error is None:
+            raise
+    finally:
+        with contextlib.suppress(Exception):
+            raw.close()
+    if reader.error is not None:
+        exc = reader.error
+        raise ReadFailed(f"read failed: {type(exc).__name__}: {exc}") from exc

@@ -10,10 +10,11 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import BIN, grv, make_mixed_corpus, read_table
+from conftest import BIN, MALE, grv, make_mixed_corpus, read_table
 
 pytestmark = pytest.mark.slow
 
@@ -122,10 +123,7 @@ def test_tables_readable_by_pandas_pyarrow_and_duckdb(mixed_corpus, tmp_path):
 
 
 def test_job_file_speaker_pattern_mfcc_count_and_long_recordings(tmp_path, voice):
-    import numpy as np
     import soundfile as sf
-
-    from conftest import MALE
 
     corpus = tmp_path / "corpus"
     make_mixed_corpus(corpus, n_voices=4, broken=False)
@@ -430,3 +428,62 @@ def test_retry_errors_runs_the_failed_files_again(tmp_path):
     assert "Retrying 1 error row(s)" in again.stderr
     files = read_table(out, "files").set_index("path")
     assert files.loc["late.wav", "status"] == "ok" and files.index.is_unique
+
+
+def test_a_read_that_fails_mid_file_is_retried_and_never_decoded_short(tmp_path, monkeypatch, voice):
+    """Decoders read through C callbacks that take a failed read for the end of the file: an Ogg
+    file whose storage failed half-way decoded as a shorter, valid-looking file. A storage failure
+    is now retried, and a file that cannot be read whole is an error row saying why."""
+    import dataclasses
+
+    import fsspec
+    import soundfile as sf
+    from fsspec.implementations.local import LocalFileSystem
+
+    from grv_batch import pipeline
+    from grv_batch.pipeline import process_batch
+    from grv_batch.runner import plan_run
+    from grv_batch.spec import JobSpec
+
+    failures = {"flaky.ogg": 1, "dead.ogg": 99}  # reads of each file that fail half-way
+
+    class Flaky(LocalFileSystem):
+        protocol = "flaky"
+
+        def _open(self, path, mode="rb", **kwargs):
+            f = super()._open(path, mode, **kwargs)
+            name = os.path.basename(path)
+            if failures.get(name, 0) > 0:
+                failures[name] -= 1
+                half, read = os.path.getsize(path) // 2, f.read
+
+                def failing_read(n=-1):
+                    if f.tell() >= half:
+                        raise ConnectionError("connection reset by peer")
+                    return read(n if n >= 0 else half - f.tell())
+
+                f.read = failing_read
+            return f
+
+    fsspec.register_implementation("flaky", Flaky, clobber=True)
+    monkeypatch.setattr(pipeline, "READ_RETRY_DELAY_S", 0.0)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    y = voice(*MALE, 16000, 20.0, np.random.default_rng(0))
+    for name in ("flaky.ogg", "dead.ogg", "fine.ogg"):
+        sf.write(corpus / name, y, 16000)
+    job = JobSpec()
+    plan = plan_run(str(corpus), str(tmp_path / "out"), job)
+    for task in plan.tasks:
+        flaky = [dataclasses.replace(f, url=f"flaky://{f.url}") for f in task.files]
+        process_batch(dataclasses.replace(task, files=flaky), job=job, layout=plan.layout)
+    files = read_table(tmp_path / "out", "files").set_index("path")
+    assert len(files) == 3
+    assert files.loc["flaky.ogg", "status"] == "ok", "one failed read is retried"
+    assert files.loc["flaky.ogg", "duration_s"] == pytest.approx(20.0, abs=0.1)
+    assert files.loc["fine.ogg", "duration_s"] == pytest.approx(20.0, abs=0.1)
+    error = files.loc["dead.ogg", "error"]
+    assert files.loc["dead.ogg", "status"] == "error"
+    assert "read failed: ConnectionError: connection reset by peer (after 3 attempts)" in error
+    predictions = read_table(tmp_path / "out", "predictions")
+    assert sorted(predictions["path"]) == ["fine.ogg", "flaky.ogg"]
