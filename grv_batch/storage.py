@@ -308,6 +308,7 @@ class GuardedReader(io.RawIOBase):
         super().__init__()
         self._raw = raw
         self.error: BaseException | None = None
+        self._readinto = getattr(raw, "readinto", None)  # no copy where the file offers it
         # decoders choose by file name (``path`` on fsspec's files, ``name`` on local ones)
         self.path = getattr(raw, "path", None) or getattr(raw, "name", "")
         self.name = self.path
@@ -322,6 +323,8 @@ class GuardedReader(io.RawIOBase):
         if self.error is not None:
             return 0
         try:
+            if self._readinto is not None:
+                return self._readinto(buffer) or 0
             data = self._raw.read(len(buffer))
         except Exception as exc:  # noqa: BLE001 - kept for open_input; the decoder sees EOF
             self.error = exc

@@ -462,7 +462,12 @@ def test_a_read_that_fails_mid_file_is_retried_and_never_decoded_short(tmp_path,
                         raise ConnectionError("connection reset by peer")
                     return read(n if n >= 0 else half - f.tell())
 
-                f.read = failing_read
+                def failing_readinto(buffer):
+                    data = failing_read(len(buffer))
+                    buffer[: len(data)] = data
+                    return len(data)
+
+                f.read, f.readinto = failing_read, failing_readinto
             return f
 
     fsspec.register_implementation("flaky", Flaky, clobber=True)
