@@ -58,6 +58,20 @@ def test_missing_member_input_is_nan_and_ensemble_uses_the_rest(tiny_bundle):
     assert len(ens.predict_windows(feats.iloc[:0], [])) == 0
 
 
+def test_a_window_p_male_does_not_depend_on_the_other_windows_of_its_batch(tmp_path):
+    """One window without a member's input (a short or silent one) used to send every window of
+    the same predict call through the fallback mean instead of the fitted combiner."""
+    stack = {"weights": {"cv_mel": 0.2, "voice_profile": 1.5, "frames": 0.9}, "bias": 0.7,
+             "calibration": {"type": "platt", "a": 1.3, "b": -0.2}}
+    ens = load_ensemble(make_tiny_bundle(tmp_path / "stacked", combiner=stack))
+    feats, logmels = _inputs(4)
+    alone = [ens.predict_windows(feats.iloc[[i]], [logmels[i]]).loc[0, "p_male"] for i in range(4)]
+    logmels[3] = None
+    together = ens.predict_windows(feats, logmels)["p_male"].to_numpy()
+    np.testing.assert_allclose(together[:3], alone[:3], rtol=1e-6)
+    assert abs(together[3] - alone[3]) > 1e-6, "the window without logmel uses the fallback"
+
+
 def test_load_is_cached_per_process(tiny_bundle):
     assert load_ensemble(tiny_bundle) is load_ensemble(tiny_bundle)
 

@@ -82,15 +82,18 @@ class Ensemble:
         full = set(self.members) == set(self.spec["members"])
         finite = np.isfinite(Z)
         Zf = np.where(finite, Z, 0.0)
-        if full and finite.all():
-            z = Zf @ w + float(comb.get("bias", 0.0))
-            return cal.apply(comb.get("calibration"), z)
         # subset of members or missing inputs: weighted mean of calibrated member logits
         W = finite * np.abs(w)[None, :]
         den = W.sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
-            z = (W * Zf).sum(axis=1) / den
-        return np.where(den > 0, z, np.nan)
+            z = np.where(den > 0, (W * Zf).sum(axis=1) / den, np.nan)
+        # rows with every member: the fitted combiner. Decided row by row, so that a window's
+        # p_male does not depend on which other windows share its predict call.
+        complete = finite.all(axis=1) if full else np.zeros(len(Z), bool)
+        if complete.any():
+            stacked = Zf[complete] @ w + float(comb.get("bias", 0.0))
+            z[complete] = cal.apply(comb.get("calibration"), stacked)
+        return z
 
     def predict_windows(self, features: pd.DataFrame, logmels: list | None = None) -> pd.DataFrame:
         """One row per window: ``p_male_<member>`` (calibrated) and ``p_male``.

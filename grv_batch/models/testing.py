@@ -10,8 +10,11 @@ DEFAULT_PROFILE_COLUMNS = ["f0_median_hz", "f0_iqr_hz", "spectral_centroid_hz"]
 
 def make_tiny_bundle(out: str | os.PathLike, *, members: tuple[str, ...] = ("cv_mel", "voice_profile", "frames"),
                      profile_columns: list[str] | None = None, n_frames: int = 300,
-                     thresholds: dict | None = None) -> Path:
-    """Write a bundle of untrained (random) members to ``out`` and return its path."""
+                     thresholds: dict | None = None, combiner: dict | None = None) -> Path:
+    """Write a bundle of untrained (random) members to ``out`` and return its path.
+
+    ``combiner`` replaces the default stacking (equal weights summing to 1, no bias, identity
+    calibration: the same as the fallback mean, so tests of the difference pass their own)."""
     from grv_batch.models.bundle import write_bundle
     from grv_batch.training import architectures as arch
 
@@ -28,7 +31,8 @@ def make_tiny_bundle(out: str | os.PathLike, *, members: tuple[str, ...] = ("cv_
                           "config": {"n_mels": 64, "crop_frames": n_frames, "crop_hop": n_frames // 2}}
     for m in spec.values():
         m["calibration"] = {"type": "platt", "a": 1.0, "b": 0.0}
-    combiner = {"weights": {m: 1.0 / len(spec) for m in spec}, "bias": 0.0, "calibration": {"type": "identity"}}
+    combiner = combiner or {"weights": {m: 1.0 / len(spec) for m in spec}, "bias": 0.0,
+                            "calibration": {"type": "identity"}}
     return write_bundle(out, name="tiny-test", version="0", members=spec, combiner=combiner,
                         thresholds=thresholds or {"confidence_threshold": 0.8, "disagreement": 0.6},
                         model_card={"note": "untrained test bundle"}, model_card_md="# tiny test bundle\n")
