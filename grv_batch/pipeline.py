@@ -308,11 +308,12 @@ def process_batch(task: BatchTask, *, job, layout: OutputLayout,
         windows = [w for _, w in pending]
         frame = pd.DataFrame({c: [w.features[c] for w in windows] for c in windows[0].features})
         frame["mel128"] = [w.mel128 for w in windows]
-        preds = ensemble.predict_windows(frame, [w.logmel for w in windows])
+        preds = ensemble.predict_windows(frame, [w.logmel for w in windows],
+                                         [w.speech_mask for w in windows])
         values = preds[pred_columns].to_numpy(dtype=np.float64)
         for (result, window), pred in zip(pending, values, strict=True):
             result.window_preds.append(pred)
-            window.logmel = None  # the frames are no longer needed: free them now
+            window.logmel = window.speech_mask = None  # no longer needed: free them now
         pending.clear()
 
     crash_on, raise_on = os.environ.get(FAULT_INJECTION_ENV), os.environ.get(FAULT_RAISE_ENV)

@@ -72,6 +72,26 @@ def test_a_window_p_male_does_not_depend_on_the_other_windows_of_its_batch(tmp_p
     assert abs(together[3] - alone[3]) > 1e-6, "the window without logmel uses the fallback"
 
 
+def test_frames_member_weighs_crops_by_their_speech(tiny_bundle):
+    """Crops of pauses and silence carry no weight: the network's answer there is no evidence.
+    A window whose second half is silence gets the logit of its speech crops alone."""
+    from grv_batch.models.members import crop_speech_shares, crops, member_logits, predict_rows
+
+    ens = load_ensemble(tiny_bundle)
+    model, config = ens._models["frames"], ens.spec["members"]["frames"].get("config", {})
+    feats, (logmel,) = _inputs(1, n_frames=900)             # 9 s: crops start at 0, 1.5, ... 6 s
+    speech = np.arange(900) < 450                             # speech in the first 4.5 s only
+    shares = crop_speech_shares(speech)
+    np.testing.assert_allclose(shares, [1.0, 1.0, 0.5, 0.0, 0.0])
+    raw = predict_rows(model, np.stack(crops(logmel))[..., None])
+    weighted = member_logits("frames", model, feats, [logmel], config, speech=[speech])[0]
+    assert weighted == pytest.approx(np.average(raw, weights=shares), rel=1e-5)
+    unweighted = member_logits("frames", model, feats, [logmel], config)[0]
+    assert unweighted == pytest.approx(np.mean(raw), rel=1e-5)
+    no_speech = member_logits("frames", model, feats, [logmel], config, speech=[np.zeros(900, bool)])
+    assert no_speech[0] == pytest.approx(np.mean(raw), rel=1e-5), "no speech at all: plain mean"
+
+
 def test_load_is_cached_per_process(tiny_bundle):
     assert load_ensemble(tiny_bundle) is load_ensemble(tiny_bundle)
 

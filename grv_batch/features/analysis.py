@@ -94,6 +94,9 @@ class WindowAnalysis:
         Number of frames behind ``mel128`` (its weight when pooling).
     logmel : np.ndarray or None
         Shape ``(64, n_frames)`` float32 log-mel of the processed 16 kHz audio, all frames.
+    speech_mask : np.ndarray or None
+        Shape ``(n_frames,)`` bool: the ``logmel`` frames whose features describe speech (none
+        when the window has too little speech or only steady noise).
     """
 
     start_s: float
@@ -103,6 +106,7 @@ class WindowAnalysis:
     mel128: np.ndarray
     logmel: np.ndarray | None
     mel128_frames: int = 0
+    speech_mask: np.ndarray | None = None
 
 
 @dataclass
@@ -195,10 +199,12 @@ def analyze_window(
         mfcc_features(power, sr16, fp.n_fft, speech, fp.n_mfcc, fp.n_mfcc_mels, fp.delta_width)
     )
 
-    logmel = None
+    logmel = speech_mask = None
     if fp.logmel:
         fb = mel_filterbank(sr16, fp.n_fft, LOGMEL_BANDS, LOGMEL_FMIN, LOGMEL_FMAX)
         logmel = np.log(fb @ power + 1e-6).astype(np.float32)
+        speech_mask = np.zeros(n_frames, bool)
+        speech_mask[speech] = True
     if fp.mel128:
         m128, m128_frames = mel128(raw, sr)
     else:
@@ -211,6 +217,7 @@ def analyze_window(
         mel128=m128,
         logmel=logmel,
         mel128_frames=m128_frames,
+        speech_mask=speech_mask,
     )
 
 

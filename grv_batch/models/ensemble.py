@@ -95,11 +95,14 @@ class Ensemble:
             z[complete] = cal.apply(comb.get("calibration"), stacked)
         return z
 
-    def predict_windows(self, features: pd.DataFrame, logmels: list | None = None) -> pd.DataFrame:
+    def predict_windows(self, features: pd.DataFrame, logmels: list | None = None,
+                        speech: list | None = None) -> pd.DataFrame:
         """One row per window: ``p_male_<member>`` (calibrated) and ``p_male``.
 
         ``features`` has the FEATURE_COLUMNS and a ``mel128`` column (arrays of 128); ``logmels``
-        is one (64, n_frames) array (or None) per row. One batched predict per member per call.
+        is one (64, n_frames) array (or None) per row; ``speech`` optionally one boolean
+        (n_frames,) speech mask per row (``WindowAnalysis.speech_mask``), so that the ``frames``
+        member weighs its crops by their speech. One batched predict per member per call.
         """
         n = len(features)
         features = features.reset_index(drop=True)
@@ -107,12 +110,14 @@ class Ensemble:
             logmels = [None] * n
         if len(logmels) != n:
             raise ValueError(f"got {n} feature rows but {len(logmels)} logmels")
+        if speech is not None and len(speech) != n:
+            raise ValueError(f"got {n} feature rows but {len(speech)} speech masks")
         Z = np.full((n, len(self.members)), np.nan)
         with self._lock:  # Keras models are shared by threads of a worker
             for j, m in enumerate(self.members):
                 mspec = self.spec["members"][m]
                 z = member_logits(mspec["kind"], self._models[m], features, logmels, mspec.get("config", {}),
-                                  batch_size=self.params.batch_size)
+                                  batch_size=self.params.batch_size, speech=speech)
                 Z[:, j] = cal.apply(mspec.get("calibration"), z)
         out = pd.DataFrame({f"p_male_{m}": cal.sigmoid(Z[:, j]) for j, m in enumerate(self.members)})
         out["p_male"] = cal.sigmoid(self._combine_logits(Z)) if n else np.zeros(0)

@@ -135,7 +135,7 @@ def bundle_check(metadata, data_root, bundle=None, limit=60, seed=0) -> list[dic
         wins = list(iter_windows(str(Path(data_root) / r["path"]), AnalysisParams()))
         feats = pd.DataFrame([w.features for w in wins])
         feats["mel128"] = [w.mel128 for w in wins]
-        wp = ens.predict_windows(feats, [w.logmel for w in wins])
+        wp = ens.predict_windows(feats, [w.logmel for w in wins], [w.speech_mask for w in wins])
         row = ens.combine_file(wp, speech_s=np.array([w.speech_s for w in wins]), params=ModelParams())
         out.append({"path": r["path"], "corpus": r["corpus"], "gender": r["gender"], **row})
     return out

@@ -48,7 +48,7 @@ def fit_voice_profile(rows: pd.DataFrame, y: np.ndarray, *, seed: int = 0, epoch
               "max_missing": 0.5}
     from grv_batch.models.members import REGISTRY
 
-    Z, keep = REGISTRY["voice_profile"].prepare(rows.reset_index(drop=True), None, config)
+    Z, keep, _ = REGISTRY["voice_profile"].prepare(rows.reset_index(drop=True), None, config)
     bag = VP_BAG if bag is None else bag
     subs = []
     for b in range(bag):
