@@ -108,6 +108,21 @@ def test_text_named_wav(tmp_path: Path) -> None:
         list(iter_blocks(path))
 
 
+def test_wav_whose_writer_never_filled_in_its_sizes_is_read_to_the_end(tmp_path: Path) -> None:
+    """A recorder stopped hard leaves the data chunk's size at 0: libsndfile then reports no
+    samples, FFmpeg reads what is there."""
+    y = (0.3 * np.sin(2 * np.pi * 220 * np.arange(2 * SR) / SR)).astype(np.float32)
+    path = tmp_path / "unfinished.wav"
+    sf.write(path, y, SR, subtype="PCM_16")
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b"data") + 4
+    raw[at:at + 4] = (0).to_bytes(4, "little")
+    path.write_bytes(bytes(raw))
+    decoded = np.concatenate(list(iter_blocks(path)))
+    assert decoded.size == y.size
+    np.testing.assert_allclose(decoded, y, atol=1e-4)
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DecodeError, match="file not found"):
         probe(tmp_path / "nope.wav")

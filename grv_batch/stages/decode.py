@@ -48,6 +48,8 @@ _PLACEHOLDER_MIN = 0x7F000000
 # A shortfall this small is not worth losing the file for (a partial last frame, a writer that
 # counted its header in the data size): at most this many bytes, or this share of the data.
 _CUT_TOLERANCE_BYTES, _CUT_TOLERANCE_SHARE = 4096, 0.005
+# A file that libsndfile opens with no samples but is bigger than this holds more than a header.
+_SMALLEST_HEADER_BYTES = 1024
 
 
 class DecodeParams(Params):
@@ -92,8 +94,8 @@ def _is_path(source: Any) -> bool:
     return isinstance(source, (str, bytes, os.PathLike))
 
 
-def _check_size(source: Any) -> None:
-    """Reject 0-byte sources before libsndfile gives a cryptic message for them."""
+def _check_size(source: Any) -> int:
+    """Reject 0-byte sources before libsndfile gives a cryptic message for them; return the size."""
     if _is_path(source):
         try:
             size = os.path.getsize(source)
@@ -112,6 +114,7 @@ def _check_size(source: Any) -> None:
             raise DecodeError(f"cannot open: source is not a seekable binary file ({exc})") from exc
     if size == 0:
         raise DecodeError("empty file (0 bytes)")
+    return size
 
 
 class _AVFile:
@@ -226,8 +229,17 @@ def _open_sndfile(source: Source) -> sf.SoundFile:
 
 @contextmanager
 def _open(source: Source) -> Iterator[sf.SoundFile]:
-    _check_size(source)
+    size = _check_size(source)
     f = _AVFile(source) if _uses_av(source) else _open_sndfile(source)
+    if isinstance(f, sf.SoundFile) and f.frames == 0 and size > _SMALLEST_HEADER_BYTES:
+        # A WAV whose writer never filled in its sizes (a recorder that was stopped hard) declares
+        # no samples, and libsndfile believes it; FFmpeg reads such a file to its end. A file that
+        # really has no samples gets the same "header only" answer from either.
+        f.close()
+        try:
+            f = _AVFile(source)
+        except DecodeError:
+            f = _open_sndfile(source)
     try:
         if f.samplerate <= 0 or f.channels <= 0:
             raise DecodeError("not a readable audio file: invalid sample rate or channel count")
