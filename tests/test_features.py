@@ -157,6 +157,17 @@ def test_analyze_file_single_window(tmp_path: Path) -> None:
     assert finite == []
 
 
+def test_a_dc_offset_changes_neither_denoising_nor_the_speech_measures() -> None:
+    """A DC offset filled the quiet blocks that denoising learns the noise from: the stage then
+    did nothing, the SNR read 0 dB and every pause counted as speech."""
+    y = voice(6.0, SR, f0=120.0) * np.float32(0.3 / 0.5)
+    clean = analyze_window(y, SR).features
+    offset = analyze_window(y + np.float32(0.5), SR).features
+    assert offset["snr_db"] == pytest.approx(clean["snr_db"], abs=0.5)
+    assert offset["speech_s"] == pytest.approx(clean["speech_s"], abs=0.05)
+    assert offset["f0_p50"] == pytest.approx(clean["f0_p50"], abs=1.0)
+
+
 def test_silence_gives_nan_features_not_errors() -> None:
     w = analyze_window(silence(3.0), SR)
     assert w.speech_s == 0 and w.features["speech_ratio"] == 0

@@ -2,7 +2,7 @@
 
 Per window (``segment.window_s`` of the source, bounded memory for any file length)::
 
-    decode -> resample (16 kHz) -> denoise -> normalise -> speech activity -> features on speech
+    decode -> resample (16 kHz) -> DC removal -> denoise -> normalise -> speech activity -> features on speech
        \\-> mel128 on the raw decoded window (original recipe, 22.05 kHz, no processing)
 
 File-level values pool the windows: speech-duration-weighted means (exact for one window),
@@ -161,6 +161,10 @@ def analyze_window(
     if raw.ndim != 1 or raw.size == 0:
         raise ValueError(f"audio must be a non-empty mono array, shape (n,), got {raw.shape}")
     y_rs, sr16 = resample(raw, sr, params.resample)
+    if params.normalize.remove_dc:
+        # before denoising and the SNR, not only in the normalise stage: a DC offset fills the
+        # quiet blocks that denoising learns the noise from, which then finds none and does nothing
+        y_rs = y_rs - np.float32(y_rs.mean(dtype=np.float64))
     y = denoise(y_rs, sr16, params.denoise)
     y = normalize(y, sr16, params.normalize)
     activity = speech_activity(y, sr16, params.speech)
