@@ -161,7 +161,7 @@ def analyze_window(
     if raw.ndim != 1 or raw.size == 0:
         raise ValueError(f"audio must be a non-empty mono array, shape (n,), got {raw.shape}")
     y_rs, sr16 = resample(raw, sr, params.resample)
-    if params.normalize.remove_dc:
+    if params.normalize.remove_dc and y_rs.size:
         # before denoising and the SNR, not only in the normalise stage: a DC offset fills the
         # quiet blocks that denoising learns the noise from, which then finds none and does nothing
         y_rs = y_rs - np.float32(y_rs.mean(dtype=np.float64))
