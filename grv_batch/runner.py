@@ -167,7 +167,7 @@ def _prepare_out(fs, out: str, job, *, input_url: str, model_sha256: str,
             raise OutputConflict(
                 f"OUT {out} holds the output of {what} (job {existing.get('fingerprint')}, input "
                 f"{existing.get('input')}); choose another OUT or pass --overwrite to replace it")
-        fs.rm(out, recursive=True)
+        _remove_earlier_output(fs, out)
     elif storage.list_names(fs, out):
         raise OutputConflict(f"OUT {out} is not empty and is not a grv-batch output; choose a new "
                              f"or empty folder (--overwrite only replaces an earlier grv-batch output)")
@@ -175,6 +175,22 @@ def _prepare_out(fs, out: str, job, *, input_url: str, model_sha256: str,
     storage.write_json_atomic(fs, job_path, {
         **record, "grv_batch": __version__, "created": _now(), "job": _redacted_job(job)})
     return False
+
+
+#: Everything grv-batch writes directly under OUT; ``--overwrite`` removes these and nothing else.
+OUTPUT_ENTRIES = (RUN_FILE, BATCHES_DIR, *SHARD_TABLES, "speakers", "report", JOB_FILE)
+
+
+def _remove_earlier_output(fs, out: str) -> None:
+    """Remove an earlier grv-batch output from OUT, entry by entry: never OUT itself (at a bucket's
+    root that would delete the bucket, its other objects, versions and settings) and nothing
+    grv-batch did not write there. ``_job.json`` goes last, so an interrupted removal is still
+    recognised as grv-batch's output."""
+    leftovers = [n for n in storage.list_names(fs, out) if n.startswith(".tmp-")]  # interrupted writes
+    for name in [*leftovers, *OUTPUT_ENTRIES]:
+        path = storage.join(out, name)
+        if storage.exists(fs, path):
+            fs.rm(path, recursive=True)
 
 
 def _filesystem(what: str, url: str, options: Mapping[str, Any]):

@@ -45,6 +45,26 @@ def test_overwrite_never_empties_a_folder_grv_batch_did_not_write(corpus, tmp_pa
     assert (out / "notes.txt").read_text() == "keep me"
 
 
+def test_overwrite_removes_what_grv_batch_wrote_and_nothing_else(corpus, tmp_path):
+    """``--overwrite`` deleted OUT itself: at a bucket's root, the bucket with its other objects,
+    versions and settings; in a folder, the user's files beside the output."""
+    folder, _ = corpus
+    out = tmp_path / "results"
+    plan_run(str(folder), str(out), JobSpec())
+    for name in ("files", "_batches", "report"):
+        (out / name).mkdir(exist_ok=True)
+        (out / name / "part-0.parquet").write_text("earlier output")
+    (out / ".tmp-123-_run.json").write_text("an interrupted write")
+    (out / "notes.txt").write_text("keep me")
+    (out / "mine").mkdir()
+    (out / "mine" / "data.csv").write_text("keep me too")
+    other = JobSpec.model_validate({"output": {"overwrite": True}, "features": {"n_mfcc": 13}})
+    assert not plan_run(str(folder), str(out), other).resuming
+    assert sorted(p.name for p in out.iterdir()) == ["_job.json", "mine", "notes.txt"]
+    assert (out / "mine" / "data.csv").read_text() == "keep me too"
+    assert json.loads((out / "_job.json").read_text())["job"]["features"]["n_mfcc"] == 13
+
+
 def test_other_metadata_over_the_same_out_is_another_job(corpus, tmp_path):
     folder, meta = corpus
     out = tmp_path / "out"
