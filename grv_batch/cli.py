@@ -59,7 +59,7 @@ def run(
 ) -> None:
     """Analyse every audio file under INPUT and write Parquet tables (and a report) to OUT."""
     _quiet_libraries()
-    from grv_batch import runner
+    from grv_batch import runner, storage
     from grv_batch.models import BundleError
     from grv_batch.spec import JobError, load_job
     from grv_batch.storage import (merge_options, parse_storage_options, redact_text, redact_url,
@@ -101,8 +101,11 @@ def run(
         _fail(redact_text(str(exc), secrets))
     except BundleError as exc:
         _fail(f"model bundle: {exc}")
-    except OSError as exc:
-        _fail(redact_text(f"{type(exc).__name__}: {exc}", secrets))
+    except Exception as exc:
+        if not storage.is_storage_error(exc):
+            raise
+        _fail(redact_text(f"{type(exc).__name__}: {exc}; finished batches are kept: run the same "
+                          f"command again to resume", secrets))
     if summary.n_batches_skipped == summary.n_batches:
         done = f"nothing left to run, all {summary.n_batches} batch(es) were already done"
     else:
@@ -211,14 +214,18 @@ def report(
             params = params.model_copy(update={"groups": list(group)})
     except (JobError, ValueError) as exc:
         _fail(str(exc))
-    except OSError as exc:
+    except Exception as exc:
+        if not storage.is_storage_error(exc):
+            raise
         _fail(redact_text(f"{out} cannot be read: {type(exc).__name__}: {exc}", secret_values(options)))
     try:
         folder = build_report(out, metadata=metadata, params=params, storage_options=options,
                               input_url=run_record.get("input"))
     except (InputError, ReportInputError) as exc:
         _fail(redact_text(str(exc), secret_values(options)))
-    except OSError as exc:
+    except Exception as exc:
+        if not storage.is_storage_error(exc):
+            raise
         _fail(redact_text(f"the report could not be written: {type(exc).__name__}: {exc}",
                           secret_values(options)))
     console.print(f"Report: {folder}/report.html", markup=False)

@@ -90,7 +90,12 @@ def dask_client(execution, *, console=None) -> Iterator[Any]:
 
     address = execution.scheduler or os.environ.get("DASK_SCHEDULER_ADDRESS")
     if address:
-        with Client(address, timeout="30s") as client:
+        try:
+            client = Client(address, timeout="30s")
+        except (ValueError, OSError, TimeoutError) as exc:  # a mistyped or unreachable address
+            raise RunFailed(f"cannot connect to the Dask scheduler {address!r}: "
+                            f"{type(exc).__name__}: {exc}") from exc
+        with client:
             if console:
                 console.print(f"Using Dask scheduler {escape(address)} "
                               f"(dashboard: {client.dashboard_link})")

@@ -347,6 +347,18 @@ class GuardedReader(io.RawIOBase):
             return 0
 
 
+#: Libraries whose exceptions mean "the storage or the network failed" without being OSErrors.
+_STORAGE_ERROR_MODULES = ("botocore", "aiobotocore", "aiohttp", "urllib3", "requests",
+                          "google.api_core", "google.auth", "azure.core")
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from the file system or the network rather than from grv-batch."""
+    if isinstance(exc, (OSError, TimeoutError)):
+        return True
+    return any(cls.__module__.startswith(_STORAGE_ERROR_MODULES) for cls in type(exc).__mro__)
+
+
 #: Exceptions that are about the file itself, not the storage: retrying cannot help.
 _PERMANENT_OPEN_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 

@@ -39,3 +39,29 @@ def test_job_file_errors_keep_their_brackets(tmp_path):
                                  "--job", str(job)])
     assert result.exit_code == 2
     assert "[execution].workers" in result.output
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:8786x", "http://127.0.0.1:8786", "tcp://[::1"])
+def test_a_mistyped_scheduler_address_is_one_line(tmp_path, address):
+    import numpy as np
+    import soundfile as sf
+
+    (tmp_path / "in").mkdir()
+    sf.write(tmp_path / "in" / "a.wav", np.zeros(1600, np.float32), 16000)
+    result = runner.invoke(app, ["run", str(tmp_path / "in"), "--out", str(tmp_path / "o"),
+                                 "--scheduler", address, "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert "cannot connect to the Dask scheduler" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_storage_failures_are_told_apart_from_bugs():
+    """A bucket that stops answering after planning raises botocore's own exceptions, which are
+    not OSErrors: they are one-line storage errors too, while a bug keeps its traceback."""
+    from botocore.exceptions import EndpointConnectionError
+
+    from grv_batch.storage import is_storage_error
+
+    assert is_storage_error(EndpointConnectionError(endpoint_url="http://127.0.0.1:1"))
+    assert is_storage_error(ConnectionResetError()) and is_storage_error(TimeoutError())
+    assert not is_storage_error(ValueError("a bug")) and not is_storage_error(KeyError("x"))
