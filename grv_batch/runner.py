@@ -198,6 +198,28 @@ def _remove_earlier_output(fs, out: str) -> None:
             fs.rm(path, recursive=True)
 
 
+def _check_workers_see(client, paths: list[tuple[str, str]]) -> None:
+    """Local INPUT and OUT must be at the same path on every worker (a cluster's workers may run
+    on other machines): otherwise every file would become an error row, or the shards would land
+    where the client cannot find them. Checked once with one file of each before any batch runs;
+    URLs are not checked (the workers' credentials are proven by their first batch)."""
+    run = getattr(client, "run", None)
+    for what, path in paths:
+        if "://" in path or run is None:
+            continue
+        try:
+            seen = run(os.path.exists, path)
+        except Exception:  # noqa: BLE001 - a check, not a requirement: the batches will tell
+            return
+        blind = sorted(worker for worker, ok in seen.items() if not ok)
+        if blind:
+            raise RunFailed(
+                f"{len(blind)} of {len(seen)} Dask worker(s) ({', '.join(blind[:3])}"
+                f"{', ...' if len(blind) > 3 else ''}) cannot see {what} here: {path} does not exist "
+                f"for them. A local {what} must be at the same path on every worker (a shared file "
+                f"system), or use a bucket")
+
+
 def _filesystem(what: str, url: str, options: Mapping[str, Any]):
     """``storage.filesystem``, with an unknown scheme or a missing back end (``gs://`` without
     gcsfs) as one line instead of a traceback."""
@@ -440,6 +462,9 @@ def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | No
     phases = {"prepare_s": time.perf_counter() - started}
     if job.output.write_report and pending:
         _start_report_imports(ground_truth=metadata_url is not None)
+    if pending:
+        _check_workers_see(client, [("INPUT", pending[0].files[0].url),
+                                    ("OUT", storage.join(plan.layout.out_url, JOB_FILE))])
     records = _execute(client, pending, job=job, layout=plan.layout, options=options,
                        console=console, progress=progress)
     phases["batches_s"] = time.perf_counter() - started - sum(phases.values())

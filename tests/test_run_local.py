@@ -492,3 +492,27 @@ def test_a_read_that_fails_mid_file_is_retried_and_never_decoded_short(tmp_path,
     assert "read failed: ConnectionError: connection reset by peer (after 3 attempts)" in error
     predictions = read_table(tmp_path / "out", "predictions")
     assert sorted(predictions["path"]) == ["fine.ogg", "flaky.ogg"]
+
+
+def test_workers_that_cannot_see_a_local_input_stop_the_run_before_any_batch(tmp_path):
+    """Workers of a named scheduler may run on other machines: a local INPUT they cannot see made
+    every file an error row "file disappeared", and the run exited 0."""
+    from grv_batch.runner import RunFailed, plan_run, run_job
+    from grv_batch.spec import JobSpec
+
+    corpus = tmp_path / "corpus"
+    make_mixed_corpus(corpus, n_voices=2, broken=False)
+    out = tmp_path / "out"
+    job = JobSpec()
+    plan = plan_run(str(corpus), str(out), job)
+
+    class ElsewhereWorkers:
+        def run(self, function, path):
+            return {"tcp://10.0.0.2:40000": False, "tcp://10.0.0.3:40000": function(path)}
+
+        def submit(self, *args, **kwargs):
+            raise AssertionError("no batch may be submitted")
+
+    with pytest.raises(RunFailed, match=r"1 of 2 Dask worker\(s\) \(tcp://10.0.0.2:40000\) cannot see INPUT"):
+        run_job(str(corpus), str(out), job, client=ElsewhereWorkers(), plan=plan)
+    assert not (out / "files").exists()
