@@ -190,9 +190,19 @@ def write_bytes_atomic(fs, path: str, data: bytes) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     else:
-        if parent:
+        if parent and not _is_object_store(fs):
             fs.makedirs(parent, exist_ok=True)
         fs.pipe_file(path, data)
+
+
+#: Back ends without real folders: a key is written as it is, and ``makedirs`` would only check
+#: (and possibly create) the bucket on every write, which a least-privilege role may not allow.
+_OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss"})
+
+
+def _is_object_store(fs) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return bool(_OBJECT_STORES.intersection(protocol))
 
 
 def plain_strings(table: pa.Table) -> pa.Table:
