@@ -200,9 +200,12 @@ def write_bytes_atomic(fs, path: str, data: bytes) -> None:
 _OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oss"})
 
 
+def _protocols(fs) -> tuple[str, ...]:
+    return fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+
+
 def _is_object_store(fs) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
-    return bool(_OBJECT_STORES.intersection(protocol))
+    return bool(_OBJECT_STORES.intersection(_protocols(fs)))
 
 
 def plain_strings(table: pa.Table) -> pa.Table:
@@ -290,7 +293,7 @@ def read_parquet(fs, path: str, columns: list[str] | None = None) -> pa.Table | 
 
 
 def is_local(fs) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    protocol = _protocols(fs)
     return "file" in protocol or "local" in protocol
 
 
@@ -390,7 +393,9 @@ def open_input(url: str, storage_options: Mapping[str, Any] | None = None) -> It
         raw = fsspec.open(url, "rb", **dict(storage_options or {})).open()
     except _PERMANENT_OPEN_ERRORS:
         raise
-    except Exception as exc:  # noqa: BLE001 - a bucket's errors come in many classes
+    except Exception as exc:
+        if not is_storage_error(exc):  # e.g. an option the back end rejects: retrying cannot help
+            raise
         raise ReadFailed(f"cannot open: {type(exc).__name__}: {exc}") from exc
     reader = GuardedReader(raw)
     try:
