@@ -20,6 +20,39 @@ LABELS = ("female", "male", "uncertain")
 REASONS = ("too_little_speech", "low_confidence", "members_disagree")
 
 
+def combine_logits(Z: np.ndarray, weights: np.ndarray, bias: float, calibration: dict | None, *,
+                   stacked: bool = True) -> np.ndarray:
+    """The ensemble's log-odds from calibrated member log-odds, row by row.
+
+    Parameters
+    ----------
+    Z : np.ndarray
+        Shape ``(n, m)`` calibrated member logits, NaN where a member had no input.
+    weights, bias, calibration
+        The fitted stack: ``weights`` shape ``(m,)``.
+    stacked : bool
+        False for a subset of the bundle's members: no row uses the fitted stack.
+
+    Returns
+    -------
+    np.ndarray
+        Shape ``(n,)``. Rows with every member: the stack and its calibration. Other rows: the
+        members they have, averaged with weights ``|w|`` (the stack's bias and calibration were
+        fitted on all members); NaN where no member had input. Decided row by row, so a window's
+        answer does not depend on which other windows share its predict call.
+    """
+    finite = np.isfinite(Z)
+    Zf = np.where(finite, Z, 0.0)
+    W = finite * np.abs(weights)[None, :]
+    den = W.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.where(den > 0, (W * Zf).sum(axis=1) / den, np.nan)
+    complete = finite.all(axis=1) if stacked else np.zeros(len(Z), bool)
+    if complete.any():
+        z[complete] = cal.apply(calibration, Zf[complete] @ weights + bias)
+    return z
+
+
 class ModelParams(Params):
     """Which bundle and members to use, and when a file is labelled ``uncertain``."""
 
@@ -80,20 +113,7 @@ class Ensemble:
         w_all = comb.get("weights", {})
         w = np.array([float(w_all.get(m, 1.0)) for m in self.members])
         full = set(self.members) == set(self.spec["members"])
-        finite = np.isfinite(Z)
-        Zf = np.where(finite, Z, 0.0)
-        # subset of members or missing inputs: weighted mean of calibrated member logits
-        W = finite * np.abs(w)[None, :]
-        den = W.sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            z = np.where(den > 0, (W * Zf).sum(axis=1) / den, np.nan)
-        # rows with every member: the fitted combiner. Decided row by row, so that a window's
-        # p_male does not depend on which other windows share its predict call.
-        complete = finite.all(axis=1) if full else np.zeros(len(Z), bool)
-        if complete.any():
-            stacked = Zf[complete] @ w + float(comb.get("bias", 0.0))
-            z[complete] = cal.apply(comb.get("calibration"), stacked)
-        return z
+        return combine_logits(Z, w, float(comb.get("bias", 0.0)), comb.get("calibration"), stacked=full)
 
     def predict_windows(self, features: pd.DataFrame, logmels: list | None = None,
                         speech: list | None = None) -> pd.DataFrame:

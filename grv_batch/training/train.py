@@ -146,16 +146,12 @@ def _apply_combiner(comb: dict, Zc: np.ndarray, members: list[str]) -> np.ndarra
 
 
 def _ensemble_logit(comb: dict, final_cal: dict | None, Zc: np.ndarray, members: list[str]) -> np.ndarray:
-    """Exactly the inference rule: full rows stacked + calibrated, partial rows weighted mean."""
+    """Exactly the inference rule (:func:`grv_batch.models.ensemble.combine_logits`), 0 where no
+    member had input."""
+    from grv_batch.models.ensemble import combine_logits
+
     w = np.array([comb["weights"][m] for m in members])
-    finite = np.isfinite(Zc)
-    full = finite.all(axis=1)
-    out = np.full(len(Zc), np.nan)
-    out[full] = cal.apply(final_cal, Zc[full] @ w + comb["bias"])
-    W = finite * np.abs(w)[None, :]
-    den = W.sum(axis=1)
-    part = ~full & (den > 0)
-    out[part] = (W[part] * np.where(finite[part], Zc[part], 0.0)).sum(axis=1) / den[part]
+    out = combine_logits(Zc, w, comb["bias"], final_cal)
     return np.where(np.isfinite(out), out, 0.0)
 
 
