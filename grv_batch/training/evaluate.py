@@ -118,6 +118,26 @@ def tables(report: str | Path) -> str:
     return "\n".join(out)
 
 
+def stratified_sample(meta: pd.DataFrame, per_group: int, seed: int = 0) -> pd.DataFrame:
+    """Up to ``per_group`` rows of each corpus x gender (a smaller group is taken whole)."""
+    return meta.loc[[i for _, g in meta.groupby(["corpus", "gender"])
+                     for i in g.sample(n=min(per_group, len(g)), random_state=seed).index]]
+
+
+def score_windows(ens, windows: list, *, speech_weighted: bool = True) -> dict:
+    """One file's answer from its analysed windows: ``predict_windows``, then ``combine_file`` with
+    default ``ModelParams``, as inference does (``speech_weighted=False``: the ``frames`` member's
+    crops count alike, as before speech masks)."""
+    from grv_batch.models import ModelParams
+
+    feats = pd.DataFrame([w.features for w in windows])
+    feats["mel128"] = [w.mel128 for w in windows]
+    masks = [w.speech_mask for w in windows] if speech_weighted else None
+    preds = ens.predict_windows(feats, [w.logmel for w in windows], masks)
+    return ens.combine_file(preds, speech_s=np.array([w.speech_s for w in windows]),
+                            params=ModelParams())
+
+
 def bundle_check(metadata, data_root, bundle=None, limit=60, seed=0) -> list[dict]:
     """End-to-end through the public API on a stratified sample of files."""
     from grv_batch.features import AnalysisParams, iter_windows
@@ -125,19 +145,13 @@ def bundle_check(metadata, data_root, bundle=None, limit=60, seed=0) -> list[dic
 
     meta = pd.read_csv(metadata)
     if limit:
-        n = max(1, limit // meta.groupby(["corpus", "gender"]).ngroups)
-        # a group smaller than its share is taken whole
-        meta = meta.loc[[i for _, g in meta.groupby(["corpus", "gender"])
-                         for i in g.sample(n=min(n, len(g)), random_state=seed).index]]
+        meta = stratified_sample(meta, max(1, limit // meta.groupby(["corpus", "gender"]).ngroups), seed)
     ens = load_ensemble(bundle, params=ModelParams())
     out = []
     for _, r in meta.iterrows():
         wins = list(iter_windows(str(Path(data_root) / r["path"]), AnalysisParams()))
-        feats = pd.DataFrame([w.features for w in wins])
-        feats["mel128"] = [w.mel128 for w in wins]
-        wp = ens.predict_windows(feats, [w.logmel for w in wins], [w.speech_mask for w in wins])
-        row = ens.combine_file(wp, speech_s=np.array([w.speech_s for w in wins]), params=ModelParams())
-        out.append({"path": r["path"], "corpus": r["corpus"], "gender": r["gender"], **row})
+        out.append({"path": r["path"], "corpus": r["corpus"], "gender": r["gender"],
+                    **score_windows(ens, wins)})
     return out
 
 

@@ -19,18 +19,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from grv_batch.training.augment import coloured_noise
+from grv_batch.training.evaluate import score_windows, stratified_sample
 from grv_batch.training.metrics import markdown_table
 
 WINDOW_S = 27.0  # one analysis window (30 s) holds it all
-
-
-def pink_noise(n: int, rng: np.random.Generator) -> np.ndarray:
-    """Unit-RMS pink (1/f power) noise, shape ``(n,)``."""
-    spectrum = np.fft.rfft(rng.normal(size=n))
-    f = np.arange(spectrum.size, dtype=np.float64)
-    f[0] = 1.0
-    y = np.fft.irfft(spectrum / np.sqrt(f), n)
-    return y / np.std(y)
 
 
 def with_pauses(clip: np.ndarray, sr: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -42,7 +35,11 @@ def with_pauses(clip: np.ndarray, sr: int, rng: np.random.Generator) -> dict[str
     out = {"clip": clip}
     for name, snr_db in (("pauses, noise 40 dB below", 40.0), ("pauses, noise 20 dB below", 20.0),
                          ("pauses, digital silence", None)):
-        y = np.zeros(n) if snr_db is None else pink_noise(n, rng) * rms * 10 ** (-snr_db / 20)
+        if snr_db is None:
+            y = np.zeros(n)
+        else:
+            noise = coloured_noise(n, sr, "pink", rng)
+            y = noise / np.std(noise) * rms * 10 ** (-snr_db / 20)
         y[offset: offset + clip.size] += clip
         out[name] = y.astype(np.float32)
     return out
@@ -53,27 +50,21 @@ def score(metadata: str, data_root: str, per_group: int, seed: int = 0) -> pd.Da
     import soundfile as sf
 
     from grv_batch.features import AnalysisParams, iter_windows
-    from grv_batch.models import ModelParams, load_ensemble
+    from grv_batch.models import load_ensemble
 
     meta = pd.read_csv(metadata)
-    meta = meta[meta["gender"].isin(["female", "male"])]
-    picked = [i for _, g in meta.groupby(["corpus", "gender"])
-              for i in g.sample(n=min(per_group, len(g)), random_state=seed).index]
+    meta = stratified_sample(meta[meta["gender"].isin(["female", "male"])], per_group, seed)
     ens, params, rng = load_ensemble(), AnalysisParams(), np.random.default_rng(seed + 1)
     rows = []
-    for _, r in meta.loc[picked].iterrows():
+    for _, r in meta.iterrows():
         clip, sr = sf.read(Path(data_root) / r["path"], dtype="float32", always_2d=True)
         for variant, audio in with_pauses(clip.mean(axis=1), sr, rng).items():
             buf = io.BytesIO()
             sf.write(buf, audio, sr, format="WAV", subtype="FLOAT")
             buf.seek(0)
             wins = list(iter_windows(buf, params))
-            feats = pd.DataFrame([w.features for w in wins])
-            feats["mel128"] = [w.mel128 for w in wins]
-            speech_s = np.array([w.speech_s for w in wins])
-            for pooling, masks in (("speech-weighted", [w.speech_mask for w in wins]), ("plain mean", None)):
-                preds = ens.predict_windows(feats, [w.logmel for w in wins], masks)
-                row = ens.combine_file(preds, speech_s=speech_s, params=ModelParams())
+            for pooling, weighted in (("speech-weighted", True), ("plain mean", False)):
+                row = score_windows(ens, wins, speech_weighted=weighted)
                 rows.append({"path": r["path"], "corpus": r["corpus"], "gender": r["gender"],
                              "variant": variant, "crops": pooling, "p_male": row["p_male"],
                              "p_male_frames": row["p_male_frames"], "label": row["label"]})
