@@ -347,27 +347,13 @@ def process_batch(task: BatchTask, *, job, layout: OutputLayout,
                 row.update(status="ok", error=None, duration_s=duration,
                            n_windows=len(result.windows),
                            speech_s=float(sum(w.speech_s for w in result.windows)))
-            except storage.ReadFailed as exc:
-                _drop_pending(pending, result)
-                if attempt < READ_ATTEMPTS:  # the storage may answer a moment later
-                    time.sleep(READ_RETRY_DELAY_S * 4 ** (attempt - 1))
-                    continue
-                message = f"{exc} (after {attempt} attempts)"
-                row.update(status="error", error=storage.redact_text(message, layout.secrets))
-            except DecodeError as exc:
-                _drop_pending(pending, result)
-                row.update(status="error", error=storage.redact_text(str(exc), layout.secrets))
-            except PermissionError:
-                _drop_pending(pending, result)
-                row.update(status="error", error="cannot open: permission denied")
-            except FileNotFoundError:
-                _drop_pending(pending, result)
-                row.update(status="error", error="file disappeared before it could be read")
             except Exception as exc:  # noqa: BLE001 - one bad file must not take the batch with it
                 _drop_pending(pending, result)
-                last = traceback.extract_tb(exc.__traceback__)[-1]
-                message = f"could not be processed: {type(exc).__name__}: {exc} (at {os.path.basename(last.filename)}:{last.lineno})"
-                row.update(status="error", error=storage.redact_text(message, layout.secrets))
+                if isinstance(exc, storage.ReadFailed) and attempt < READ_ATTEMPTS:
+                    time.sleep(READ_RETRY_DELAY_S * 4 ** (attempt - 1))  # the storage may answer later
+                    continue
+                row.update(status="error",
+                           error=storage.redact_text(_file_error(exc, attempt), layout.secrets))
             break
         row["processing_s"] = time.perf_counter() - t0
         results.append(result)
@@ -424,6 +410,23 @@ def process_batch(task: BatchTask, *, job, layout: OutputLayout,
     }
     storage.write_json_atomic(fs, storage.join(out, BATCHES_DIR, f"{task.shard}.json"), record)
     return record
+
+
+def _file_error(exc: Exception, attempts: int) -> str:
+    """The ``error`` of a file's row, from what reading or analysing it raised."""
+    from grv_batch.stages.decode import DecodeError
+
+    if isinstance(exc, storage.ReadFailed):
+        return f"{exc} (after {attempts} attempts)"
+    if isinstance(exc, DecodeError):
+        return str(exc)
+    if isinstance(exc, PermissionError):
+        return "cannot open: permission denied"
+    if isinstance(exc, FileNotFoundError):
+        return "file disappeared before it could be read"
+    last = traceback.extract_tb(exc.__traceback__)[-1]
+    return (f"could not be processed: {type(exc).__name__}: {exc} "
+            f"(at {os.path.basename(last.filename)}:{last.lineno})")
 
 
 def _drop_pending(pending: list, result: _FileResult) -> None:
