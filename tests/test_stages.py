@@ -18,7 +18,7 @@ from grv_batch.stages.denoise import DenoiseParams, denoise
 from grv_batch.stages.normalize import NormalizeParams, normalize
 from grv_batch.stages.resample import ResampleParams, StreamResampler, iter_resampled, resample
 from grv_batch.stages.segment import SegmentParams, iter_windows
-from grv_batch.stages.speech import SpeechParams, speech_activity
+from grv_batch.stages.speech import DIGITAL_SILENCE_DB, SpeechParams, speech_activity
 
 SR = 16000
 
@@ -371,6 +371,41 @@ def test_speech_activity_tone_and_pauses() -> None:
     assert t.min() == pytest.approx(1.0, abs=0.03) and t.max() == pytest.approx(2.0, abs=0.03)
     with pytest.raises(ValidationError):
         SpeechParams(frame_ms=10, hop_ms=20)
+
+
+def _padded(x: np.ndarray, pad_s: float = 2.0) -> np.ndarray:
+    """``x`` between stretches of digital silence (a codec's silence suppression, zero padding)."""
+    return np.concatenate([silence(pad_s), x, silence(pad_s)])
+
+
+def test_digital_silence_is_not_the_noise_floor() -> None:
+    """Padding noisy speech with zeros leaves speech activity, denoising and SNR as they were: the
+    zeros would otherwise be the quietest frames, so the hiss would count as speech, denoising
+    would learn a profile of nothing and the SNR would measure the zeros."""
+    from grv_batch.features.quality import snr_db
+
+    talk = np.concatenate([voice(1.5), silence(1.0), voice(1.5, seed=1)])
+    noisy = talk + noise(4.0, amp=0.02, seed=11)
+    pad = 2 * SR
+    plain = speech_activity(noisy, SR)
+    padded = speech_activity(_padded(noisy), SR)
+    assert padded.speech_s == pytest.approx(plain.speech_s, abs=0.1)
+    assert plain.speech_s == pytest.approx(3.0, abs=0.2)  # the second of hiss is not speech
+    # the constant left where a DC offset is removed from zeros is digital silence too
+    offset = _padded(noisy) + np.float32(0.25)
+    offset -= offset.mean()
+    assert 20 * np.log10(np.abs(offset[:pad]).min()) > DIGITAL_SILENCE_DB  # louder, yet constant
+    assert speech_activity(offset, SR).speech_s == pytest.approx(plain.speech_s, abs=0.1)
+    assert snr_db(_padded(noisy), SR, padded) == pytest.approx(snr_db(noisy, SR, plain), abs=1.0)
+
+    def hiss_left_db(x: np.ndarray, y: np.ndarray) -> float:
+        pauses = slice(int(1.6 * SR), int(2.4 * SR))
+        return 10 * np.log10(np.mean(y[pauses] ** 2) / np.mean(x[pauses] ** 2))
+
+    alone = hiss_left_db(noisy, denoise(noisy, SR))
+    between_zeros = hiss_left_db(noisy, denoise(_padded(noisy), SR)[pad : pad + noisy.size])
+    assert alone < -6.0
+    assert between_zeros == pytest.approx(alone, abs=1.5)
 
 
 # --- segment ------------------------------------------------------------------------------------

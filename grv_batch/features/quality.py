@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from grv_batch.stages.speech import SpeechActivity, frame_energy_db
+from grv_batch.stages.speech import SpeechActivity, frame_levels
 
 __all__ = ["QUALITY_COLUMNS", "bandwidth_hz", "clipping_share", "quality_features", "snr_db"]
 
@@ -33,19 +33,22 @@ def snr_db(audio: np.ndarray, sr: int, activity: SpeechActivity, frame_s: float 
     Returns
     -------
     float
-        ``10 log10(E_speech / E_noise)`` clipped to at most 100 dB. With fewer than 10 non-speech
-        frames the noise energy is the 10th percentile of all frames. NaN without speech.
+        ``10 log10(E_speech / E_noise)`` clipped to at most 100 dB. The noise is the mean of the
+        non-speech frames that are not digital silence (``stages.speech.live_frames``); with fewer
+        than 10 of them, the 10th percentile of the frames that are not. NaN without speech.
     """
     mask = activity.mask
     if not mask.any():
         return float("nan")
     hop = max(int(round(activity.hop_s * sr)), 1)
-    energy = 10 ** (frame_energy_db(audio, max(int(round(frame_s * sr)), 1), hop) / 10)
-    energy = energy[: mask.size]
+    energy_db, live = frame_levels(audio, max(int(round(frame_s * sr)), 1), hop)
+    energy, live = 10 ** (energy_db[: mask.size] / 10), live[: mask.size]
     m = mask[: energy.size]
     speech = energy[m].mean()
-    noise_frames = energy[~m]
-    noise = noise_frames.mean() if noise_frames.size >= _MIN_NOISE_FRAMES else np.percentile(energy, 10)
+    # digital silence (padding, silence suppression) is not the noise being measured
+    noise_frames = energy[~m & live]
+    noise = (noise_frames.mean() if noise_frames.size >= _MIN_NOISE_FRAMES
+             else np.percentile(energy[live], 10))
     if noise <= 0:
         return _SNR_MAX_DB
     return float(min(10 * np.log10(max(speech, 1e-30) / noise), _SNR_MAX_DB))

@@ -9,6 +9,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from pydantic import Field
 
 from grv_batch._params import Params
+from grv_batch.stages.speech import live_frames
 
 __all__ = ["DenoiseParams", "denoise"]
 
@@ -49,7 +50,8 @@ class DenoiseParams(Params):
 def _noise_reference(
     audio: np.ndarray, sr: int, min_range_db: float, skip_above_snr_db: float | None = None
 ) -> np.ndarray | None:
-    """The quietest 50 ms blocks, as the noise profile for stationary gating.
+    """The quietest 50 ms blocks that are not digital silence, as the noise profile for stationary
+    gating.
 
     Returns None when the signal has no quiet stretches (p90 - p10 of block levels below
     ``min_range_db``): a steady signal has no noise-only reference, and gating it against its own
@@ -59,12 +61,16 @@ def _noise_reference(
     n = max(int(0.05 * sr), 1)
     m = audio.size // n
     blocks = audio[: m * n].reshape(m, n)
-    power = np.mean(blocks.astype(np.float64) ** 2, axis=1)
+    b64 = blocks.astype(np.float64)
+    power = np.mean(b64**2, axis=1)
     db = 10 * np.log10(power + 1e-20)
-    p10, p90 = np.percentile(db, [10, 90])
+    # digital silence (zero padding, silence suppression) would be the quietest blocks and a
+    # profile of nothing: gating against it removes nothing
+    live = live_frames(power - np.mean(b64, axis=1) ** 2)
+    p10, p90 = np.percentile(db[live], [10, 90])
     if p90 - p10 < min_range_db:
         return None
-    is_quiet = db <= p10 + 3.0
+    is_quiet = live & (db <= p10 + 3.0)
     if skip_above_snr_db is not None and block_snr_db(power, db, p10, is_quiet) > skip_above_snr_db:
         return None
     quiet = blocks[is_quiet].ravel()

@@ -13,9 +13,21 @@ from pydantic import Field, model_validator
 
 from grv_batch._params import Params
 
-__all__ = ["SpeechActivity", "SpeechParams", "frame_energy_db", "speech_activity"]
+__all__ = [
+    "DIGITAL_SILENCE_DB", "SpeechActivity", "SpeechParams", "frame_levels", "live_frames",
+    "speech_activity",
+]
 
 _FLOOR_DB = -120.0  # energy of digital silence is clamped here instead of -inf
+
+#: Frames (or blocks) whose variance is at or below this level, in dB re full scale, are digital
+#: silence: zeros or a constant (padding, a codec's silence suppression; a DC offset removed from
+#: zeros leaves a constant). +-1 LSB of 16-bit dither is about -92 dB. Digital silence is not the
+#: recording's background, so noise-floor estimates leave it out: padding a file with zeros must
+#: not change what counts as its noise.
+DIGITAL_SILENCE_DB = -90.0
+# with fewer live frames than this (input silent throughout) the estimates use every frame
+_MIN_LIVE_FRAMES = 10
 
 
 class SpeechParams(Params):
@@ -98,8 +110,26 @@ class SpeechActivity:
                               speech_ratio=0.0, level_range_db=self.level_range_db)
 
 
-def frame_energy_db(audio: np.ndarray, frame: int, hop: int) -> np.ndarray:
-    """Mean-square energy in dBFS of centred frames.
+def live_frames(variance: np.ndarray) -> np.ndarray:
+    """Which frames are not digital silence (variance above :data:`DIGITAL_SILENCE_DB`).
+
+    Parameters
+    ----------
+    variance : np.ndarray
+        Shape ``(n_frames,)``, each frame's variance (mean square about its own mean).
+
+    Returns
+    -------
+    np.ndarray
+        Shape ``(n_frames,)`` bool; all True when fewer than 10 frames are live, so that input
+        silent throughout keeps statistics over all of its frames.
+    """
+    live = variance > 10 ** (DIGITAL_SILENCE_DB / 10)
+    return live if np.count_nonzero(live) >= _MIN_LIVE_FRAMES else np.ones_like(live)
+
+
+def frame_levels(audio: np.ndarray, frame: int, hop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean-square energy in dBFS of centred frames, and which frames are not digital silence.
 
     Parameters
     ----------
@@ -110,18 +140,24 @@ def frame_energy_db(audio: np.ndarray, frame: int, hop: int) -> np.ndarray:
 
     Returns
     -------
-    np.ndarray
+    energy_db : np.ndarray
         Shape ``(1 + n // hop,)`` float64, clamped below at -120 dB.
+    live : np.ndarray
+        Shape ``(1 + n // hop,)`` bool, from :func:`live_frames`.
     """
     n = audio.size
     n_frames = 1 + n // hop
-    # Running sum of squares gives every frame's energy in O(n), without materialising frames.
+    # Running sums of x and x^2 give every frame's energy and variance in O(n), without
+    # materialising frames (float64: the variance is a difference of two such sums).
     half = frame // 2
-    sq = np.concatenate([np.zeros(half), audio.astype(np.float64) ** 2, np.zeros(frame)])
-    csum = np.concatenate([[0.0], np.cumsum(sq)])
+    x = np.concatenate([np.zeros(half), audio.astype(np.float64), np.zeros(frame)])
     starts = np.arange(n_frames) * hop
-    energy = (csum[starts + frame] - csum[starts]) / frame
-    return 10.0 * np.log10(np.maximum(energy, 10 ** (_FLOOR_DB / 10)))
+    csum_sq = np.concatenate([[0.0], np.cumsum(x * x)])
+    csum = np.concatenate([[0.0], np.cumsum(x)])
+    energy = (csum_sq[starts + frame] - csum_sq[starts]) / frame
+    mean = (csum[starts + frame] - csum[starts]) / frame
+    energy_db = 10.0 * np.log10(np.maximum(energy, 10 ** (_FLOOR_DB / 10)))
+    return energy_db, live_frames(energy - mean * mean)
 
 
 def _runs(mask: np.ndarray, value: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -153,9 +189,9 @@ def speech_activity(audio: np.ndarray, sr: int, params: SpeechParams | None = No
     frame = max(int(round(params.frame_ms * sr / 1000)), 1)
     hop = max(int(round(params.hop_ms * sr / 1000)), 1)
     hop_s = hop / sr
-    db = frame_energy_db(audio, frame, hop)
-    floor = float(np.percentile(db, params.noise_percentile))
-    top = float(np.percentile(db, 99.0))
+    db, live = frame_levels(audio, frame, hop)
+    floor = float(np.percentile(db[live], params.noise_percentile))
+    top = float(np.percentile(db[live], 99.0))
     # Adaptive threshold, but never above "top - margin": a signal without pauses (a steady vowel)
     # has its floor at its own level and would otherwise have no speech at all.
     thr = min(floor + params.margin_db, top - params.margin_db)
