@@ -99,6 +99,12 @@ def dask_client(execution, *, console=None) -> Iterator[Any]:
             if console:
                 console.print(f"Using Dask scheduler {escape(address)} "
                               f"(dashboard: {client.dashboard_link})")
+            if not client.scheduler_info().get("workers"):
+                # tasks would wait for a worker without a word; workers may still be starting
+                if console:
+                    console.print("No workers are connected to this scheduler yet: waiting for "
+                                  "the first one (Ctrl-C stops).")
+                client.wait_for_workers(1)
             yield client
         return
     env = _worker_environment()

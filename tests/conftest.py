@@ -151,8 +151,9 @@ def mixed_corpus(tmp_path) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def dask_cluster(tmp_path):
-    """A real ``dask scheduler`` and two ``dask worker`` processes on loopback."""
+def dask_scheduler(tmp_path):
+    """A real ``dask scheduler`` on loopback, no workers; ``add_worker()`` starts a ``dask worker``
+    process. Yields ``{"address", "workers", "logs", "add_worker"}``."""
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
            "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
@@ -166,19 +167,19 @@ def dask_cluster(tmp_path):
     procs.append(sched)
     wait_for_port(port)
     address = f"tcp://127.0.0.1:{port}"
-    workers = []
-    for i in range(2):
+    workers: list[subprocess.Popen] = []
+
+    def add_worker() -> subprocess.Popen:
+        i = len(workers)
         w = subprocess.Popen([str(BIN / "dask"), "worker", address, "--nthreads", "1",
                               "--no-nanny", "--name", f"w{i}", "--dashboard-address", ":0"],
                              stdout=open(logs / f"worker{i}.log", "w"), stderr=subprocess.STDOUT,
                              env=env, start_new_session=True)
         workers.append(w)
         procs.append(w)
-    from distributed import Client
+        return w
 
-    with Client(address, timeout="30s") as client:
-        client.wait_for_workers(2, timeout=60)
-    yield {"address": address, "workers": workers, "logs": logs}
+    yield {"address": address, "workers": workers, "logs": logs, "add_worker": add_worker}
     for p in procs:
         if p.poll() is None:
             p.terminate()
@@ -187,6 +188,18 @@ def dask_cluster(tmp_path):
             p.wait(timeout=10)
         except subprocess.TimeoutExpired:
             p.kill()
+
+
+@pytest.fixture
+def dask_cluster(dask_scheduler):
+    """A real ``dask scheduler`` and two ``dask worker`` processes on loopback."""
+    from distributed import Client
+
+    for _ in range(2):
+        dask_scheduler["add_worker"]()
+    with Client(dask_scheduler["address"], timeout="30s") as client:
+        client.wait_for_workers(2, timeout=60)
+    return dask_scheduler
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import pandas as pd
@@ -45,6 +46,30 @@ def test_existing_cluster_survives_a_killed_worker(tmp_path, dask_cluster):
     assert predictions["file_id"].is_unique
     assert set(predictions["file_id"]) == set(files.loc[files["status"] == "ok", "file_id"])
     assert victim.poll() is not None  # it really died, and the run finished on the other worker
+
+
+def test_a_scheduler_without_workers_says_so_and_the_run_waits_for_one(tmp_path, dask_scheduler):
+    corpus = tmp_path / "corpus"
+    make_mixed_corpus(corpus, n_voices=2, broken=False, seed=3)
+    out = tmp_path / "out"
+    client = subprocess.Popen(
+        [str(BIN / "grv-batch"), "run", str(corpus), "--out", str(out), "--no-progress",
+         "--scheduler", dask_scheduler["address"]],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(client.stdout), daemon=True)
+    reader.start()  # a thread: readline() would block for good if the run said nothing
+    deadline = time.monotonic() + 120
+    while "waiting for the first one" not in "".join(lines) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "No workers are connected to this scheduler yet" in " ".join("".join(lines).split())
+    assert client.poll() is None  # still waiting, not failed
+    dask_scheduler["add_worker"]()
+    client.wait(timeout=300)
+    reader.join(timeout=10)
+    assert client.returncode == 0, "".join(lines)
+    assert (read_table(out, "files")["status"] == "ok").all()
 
 
 SECRET = "s3cr3t-Zq81-do-not-leak"
