@@ -93,11 +93,6 @@ def file_id_for(relative_path: str) -> str:
     return hashlib.blake2b(relative_path.encode("utf-8"), digest_size=8).hexdigest()
 
 
-def _full_url(fs, path: str) -> str:
-    protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
-    return path if protocol in ("file", "local") else f"{protocol}://{path}"
-
-
 def discover(input_url: str, params: InputParams = InputParams(), *,
              storage_options: Mapping[str, Any] | None = None) -> Corpus:
     """List the audio files under ``input_url``, recursively.
@@ -138,7 +133,7 @@ def discover(input_url: str, params: InputParams = InputParams(), *,
         if any(fnmatch.fnmatchcase(relative, p) for p in params.exclude):
             continue
         files.append(AudioFile(file_id=file_id_for(relative), path=relative,
-                               url=_full_url(fs, path), size=int(info.get("size") or 0),
+                               url=storage.full_url(fs, path), size=int(info.get("size") or 0),
                                problem=_unreadable_entry(path, info)))
     files.sort(key=lambda f: f.path)
     if not files:

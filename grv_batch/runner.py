@@ -156,6 +156,7 @@ def _prepare_out(fs, out: str, job, *, input_url: str, model_sha256: str,
     grv-batch output: a folder without ``_job.json`` holds files grv-batch did not write.
     """
     job_path = storage.join(out, JOB_FILE)
+    shown = storage.full_url(fs, out)  # s3://bucket/..., not bucket/...
     fingerprint = f"{job.fingerprint()}-{model_sha256[:8]}"
     record = {"fingerprint": fingerprint, "input": storage.location(input_url),
               "metadata_sha256": metadata_sha256}
@@ -170,17 +171,17 @@ def _prepare_out(fs, out: str, job, *, input_url: str, model_sha256: str,
         if not job.output.overwrite:
             if differs == ["metadata_sha256"] and existing["metadata_sha256"] == metadata_sha256_as_read:
                 raise OutputConflict(
-                    f"OUT {out} was written by an earlier grv-batch, which left out the metadata "
+                    f"OUT {shown} was written by an earlier grv-batch, which left out the metadata "
                     f"columns named like its own outputs; they are now carried as meta_<name>, so "
                     f"this output cannot be resumed: pass --overwrite to redo it, or choose another OUT")
             what = {"fingerprint": "a different job", "input": "a different input",
                     "metadata_sha256": "a run with other metadata"}[differs[0]]
             raise OutputConflict(
-                f"OUT {out} holds the output of {what} (job {existing.get('fingerprint')}, input "
+                f"OUT {shown} holds the output of {what} (job {existing.get('fingerprint')}, input "
                 f"{existing.get('input')}); choose another OUT or pass --overwrite to replace it")
         _remove_earlier_output(fs, out)
     elif storage.list_names(fs, out):
-        raise OutputConflict(f"OUT {out} is not empty and is not a grv-batch output; choose a new "
+        raise OutputConflict(f"OUT {shown} is not empty and is not a grv-batch output; choose a new "
                              f"or empty folder (--overwrite only replaces an earlier grv-batch output)")
     fs.makedirs(out, exist_ok=True)
     storage.write_json_atomic(fs, job_path, {

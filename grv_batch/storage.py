@@ -297,6 +297,11 @@ def is_local(fs) -> bool:
     return "file" in protocol or "local" in protocol
 
 
+def full_url(fs, path: str) -> str:
+    """``path`` of ``fs`` as the user would type it: ``s3://bucket/key``, or a local path."""
+    return path if is_local(fs) else f"{_protocols(fs)[0]}://{path}"
+
+
 # --- Reading INPUT ------------------------------------------------------------------------------
 
 

@@ -45,6 +45,19 @@ def test_overwrite_never_empties_a_folder_grv_batch_did_not_write(corpus, tmp_pa
     assert (out / "notes.txt").read_text() == "keep me"
 
 
+def test_conflicts_name_a_bucket_out_with_its_scheme(corpus):
+    import fsspec
+
+    folder, _ = corpus
+    fs = fsspec.filesystem("memory")
+    fs.pipe("memory://grv-conflict-test/results/notes.txt", b"keep me")
+    try:
+        with pytest.raises(OutputConflict, match="^OUT memory:///?grv-conflict-test/results is not empty"):
+            plan_run(str(folder), "memory://grv-conflict-test/results", JobSpec())
+    finally:
+        fs.rm("memory://grv-conflict-test", recursive=True)
+
+
 def test_overwrite_removes_what_grv_batch_wrote_and_nothing_else(corpus, tmp_path):
     """``--overwrite`` deleted OUT itself: at a bucket's root, the bucket with its other objects,
     versions and settings; in a folder, the user's files beside the output."""
