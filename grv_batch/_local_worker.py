@@ -7,7 +7,7 @@ import signal
 
 
 def dask_setup(worker) -> None:  # noqa: ARG001 - Dask's preload hook
-    """Leave Ctrl-C to the client.
+    """Leave Ctrl-C and the reporting of failed tasks to the client.
 
     Ctrl-C reaches every process of the terminal's process group. The client stops the run and
     closes the cluster; a worker that handled it as well would only print a traceback of its own.
@@ -18,3 +18,10 @@ def dask_setup(worker) -> None:  # noqa: ARG001 - Dask's preload hook
         pass
     # the tasks the client cancels when it stops are logged as warnings here, one per task
     logging.getLogger("distributed.worker.state_machine").setLevel(logging.ERROR)
+    # a failed task is the client's to report (one line, or its traceback for a bug); the worker's
+    # own "Compute Failed" record would print the same traceback again in the user's terminal
+    logging.getLogger("distributed.worker").addFilter(_not_compute_failed)
+
+
+def _not_compute_failed(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Compute Failed")
