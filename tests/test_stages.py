@@ -42,6 +42,18 @@ def test_stereo_mixdown_halves_one_sided_tone(tmp_path: Path) -> None:
     np.testing.assert_allclose(y, left / 2, atol=1e-7)
 
 
+def test_stereo_in_opposite_phase_is_not_cancelled(tmp_path: Path) -> None:
+    """One channel wired in opposite phase: the mean would be silence; the mix is the voice."""
+    x = np.concatenate([silence(0.5), voice(2.5)])
+    path = tmp_path / "inverted.wav"
+    sf.write(path, np.stack([x, -x], axis=1), SR, subtype="FLOAT")
+    np.testing.assert_allclose(_read_all(path), x, atol=1e-7)
+    # an ordinary stereo pair (uncorrelated noise in one channel) keeps the mean
+    other = noise(3.0, amp=0.05, seed=9)
+    sf.write(path, np.stack([x, other], axis=1), SR, subtype="FLOAT")
+    np.testing.assert_allclose(_read_all(path), (x + other) / 2, atol=1e-7)
+
+
 def test_blocks_are_bounded_and_complete(tmp_path: Path) -> None:
     x = noise(2.5, amp=0.1)
     path = tmp_path / "n.wav"

@@ -60,7 +60,8 @@ class DecodeParams(Params):
     block_s : float
         Length of each yielded block in seconds (> 0). Bounds memory: one block is held at a time.
     channel : "mix" or int
-        ``"mix"``: the mean of all channels. An index (0 = first/left): only that channel, for
+        ``"mix"``: the mean of all channels (a stereo pair in opposite phase: half the
+        difference, see :func:`iter_blocks`). An index (0 = first/left): only that channel, for
         recordings that keep one talker per channel (two-party calls, interviews on two
         microphones). Mono files always use their one channel; a multi-channel file with fewer
         channels than the index is an error.
@@ -309,6 +310,18 @@ def probe(source: Source) -> AudioInfo:
     return info
 
 
+def _opposite_phase(data: np.ndarray) -> bool:
+    """True for a ``(n, 2)`` piece whose channels are audible and correlated below -0.5 (one of
+    them wired in opposite phase); False for any other shape."""
+    if data.ndim != 2 or data.shape[1] != 2:
+        return False
+    left, right = data[:, 0].astype(np.float64), data[:, 1].astype(np.float64)
+    e_left, e_right = float(left @ left), float(right @ right)
+    audible = 1e-7 * data.shape[0]  # mean square above -70 dBFS in both channels
+    return e_left > audible and e_right > audible and float(left @ right) < -0.5 * np.sqrt(
+        e_left * e_right)
+
+
 def iter_blocks(source: Source, params: DecodeParams | None = None) -> Iterator[np.ndarray]:
     """Yield the audio as mono float32 blocks at the native sample rate.
 
@@ -322,7 +335,9 @@ def iter_blocks(source: Source, params: DecodeParams | None = None) -> Iterator[
     ------
     np.ndarray
         Shape ``(n,)`` float32, ``n <= block_s * sample_rate`` (only the last block is shorter).
-        Multi-channel audio is mixed down by the mean over channels.
+        Multi-channel audio is mixed down by the mean over channels; a stereo file whose channels
+        are in opposite phase (correlation below -0.5 in a second that is not silent) by half
+        their difference from that second on, instead of cancelling.
 
     Raises
     ------
@@ -341,6 +356,7 @@ def iter_blocks(source: Source, params: DecodeParams | None = None) -> Iterator[
         # libsndfile is read in pieces of at most 1 s, so a decoding error is located to the second
         piece = min(block, sr)
         done = 0
+        inverted = False
         while True:
             parts: list[np.ndarray] = []
             got = 0
@@ -356,8 +372,14 @@ def iter_blocks(source: Source, params: DecodeParams | None = None) -> Iterator[
                 # Mix-down by mean (not sum) keeps the level of a mono source copied to both channels
                 if pick is not None:
                     mono = np.ascontiguousarray(data[:, pick])
+                elif data.shape[1] == 1:
+                    mono = data[:, 0]
                 else:
-                    mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
+                    # a channel wired in opposite phase would cancel the voice in the mean: from the
+                    # first second that shows it, the file is mixed with that channel inverted
+                    inverted = inverted or _opposite_phase(data)
+                    mono = (data[:, 0] - data[:, 1]) * np.float32(0.5) if inverted else (
+                        data.mean(axis=1, dtype=np.float32))
                 if not np.isfinite(mono).all():
                     raise DecodeError("non-finite samples (NaN or inf)")
                 parts.append(mono)
