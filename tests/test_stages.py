@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from _audio import noise, silence, tone, voice
+from _audio import noise, silence, tone, voice, vowel
 from pydantic import ValidationError
 
 from grv_batch.stages.decode import DecodeError, DecodeParams, iter_blocks, probe
@@ -52,6 +52,11 @@ def test_stereo_in_opposite_phase_is_not_cancelled(tmp_path: Path) -> None:
     other = noise(3.0, amp=0.05, seed=9)
     sf.write(path, np.stack([x, other], axis=1), SR, subtype="FLOAT")
     np.testing.assert_allclose(_read_all(path), (x + other) / 2, atol=1e-7)
+    # inverted for its first 3 s only (a jingle): the speech after it is not lost
+    left = np.concatenate([x, voice(3.0, seed=4)])
+    right = np.concatenate([-x, voice(3.0, seed=4)])
+    sf.write(path, np.stack([left, right], axis=1), SR, subtype="FLOAT")
+    np.testing.assert_allclose(_read_all(path), left, atol=1e-7)
 
 
 def test_blocks_are_bounded_and_complete(tmp_path: Path) -> None:
@@ -418,6 +423,31 @@ def test_digital_silence_is_not_the_noise_floor() -> None:
     between_zeros = hiss_left_db(noisy, denoise(_padded(noisy), SR)[pad : pad + noisy.size])
     assert alone < -6.0
     assert between_zeros == pytest.approx(alone, abs=1.5)
+
+
+def test_a_quiet_background_is_noise_not_digital_silence() -> None:
+    """Only a stretch constant to within float rounding is digital silence: a real room at about
+    +-1 LSB of 16-bit audio (-95 dBFS), or a quiet 24-bit recording, is the noise to measure."""
+    from grv_batch.features import analyze_window
+    from grv_batch.stages.speech import frame_levels
+
+    room = noise(2.0, amp=1.8e-5, seed=2)  # -95 dBFS
+    _, live = frame_levels(np.concatenate([silence(1.0), room]), 400, 160)
+    assert not live[:90].any() and live[110:].all()
+    # the same recording 40 dB quieter (24-bit or float): the same analysis
+    talk = np.concatenate([voice(1.5), silence(1.0), voice(1.5, seed=1)]) + noise(4.0, amp=3e-3)
+    loud, quiet = analyze_window(talk, SR).features, analyze_window(talk * 0.01, SR).features
+    for name in ("speech_s", "snr_db", "spectral_centroid_hz", "f0_p50", "mfcc_02_mean"):
+        assert quiet[name] == pytest.approx(loud[name], rel=0.01, abs=0.02), name
+
+
+def test_snr_of_speech_whose_pauses_are_digital_silence_is_high() -> None:
+    """Every pause is digital silence: the pauses are clean, not the edges of speech."""
+    from grv_batch.features.quality import snr_db
+
+    clean = np.concatenate([silence(1.0), vowel(120, 0.8), silence(0.6), vowel(200, 0.8),
+                            silence(1.0)])
+    assert snr_db(clean, SR, speech_activity(clean, SR)) > 60.0
 
 
 # --- segment ------------------------------------------------------------------------------------

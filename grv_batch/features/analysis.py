@@ -167,7 +167,7 @@ def analyze_window(
         y_rs = y_rs - np.float32(y_rs.mean(dtype=np.float64))
     y = denoise(y_rs, sr16, params.denoise)
     y = normalize(y, sr16, params.normalize)
-    activity = speech_activity(y, sr16, params.speech)
+    activity = speech_activity(y, sr16, params.speech, reference=y_rs)
 
     power = power_spectrogram(y, fp.n_fft, fp.hop_length)
     n_frames = power.shape[1]

@@ -34,21 +34,27 @@ def snr_db(audio: np.ndarray, sr: int, activity: SpeechActivity, frame_s: float 
     -------
     float
         ``10 log10(E_speech / E_noise)`` clipped to at most 100 dB. The noise is the mean of the
-        non-speech frames that are not digital silence (``stages.speech.live_frames``); with fewer
-        than 10 of them, the 10th percentile of the frames that are not. NaN without speech.
+        non-speech frames that are not digital silence (``stages.speech.live_frames``); when the pauses
+        are digital silence (fewer than 10 such frames, 10 non-speech frames or more), the cap;
+        with fewer than 10 non-speech frames, the 10th percentile of all frames. NaN without
+        speech.
     """
     mask = activity.mask
     if not mask.any():
         return float("nan")
     hop = max(int(round(activity.hop_s * sr)), 1)
-    energy_db, live = frame_levels(audio, max(int(round(frame_s * sr)), 1), hop)
+    frame = max(int(round(frame_s * sr)), 1)
+    # frames that straddle the edge of digital silence hold the start or end of speech
+    energy_db, live = frame_levels(audio, frame, hop, guard=-(-frame // hop))
     energy, live = 10 ** (energy_db[: mask.size] / 10), live[: mask.size]
     m = mask[: energy.size]
     speech = energy[m].mean()
     # digital silence (padding, silence suppression) is not the noise being measured
     noise_frames = energy[~m & live]
+    if noise_frames.size < _MIN_NOISE_FRAMES <= np.count_nonzero(~m):
+        return _SNR_MAX_DB  # the pauses are digital silence: no noise to measure
     noise = (noise_frames.mean() if noise_frames.size >= _MIN_NOISE_FRAMES
-             else np.percentile(energy[live], 10))
+             else np.percentile(energy, 10))
     if noise <= 0:
         return _SNR_MAX_DB
     return float(min(10 * np.log10(max(speech, 1e-30) / noise), _SNR_MAX_DB))

@@ -310,16 +310,19 @@ def probe(source: Source) -> AudioInfo:
     return info
 
 
-def _opposite_phase(data: np.ndarray) -> bool:
-    """True for a ``(n, 2)`` piece whose channels are audible and correlated below -0.5 (one of
-    them wired in opposite phase); False for any other shape."""
+def _phase(data: np.ndarray) -> int:
+    """-1 for a ``(n, 2)`` piece whose channels are audible and correlated below -0.5 (one of them
+    in opposite phase), +1 above +0.5 (in phase), 0 otherwise (silent, unrelated channels or
+    not stereo: no evidence either way)."""
     if data.ndim != 2 or data.shape[1] != 2:
-        return False
+        return 0
     left, right = data[:, 0].astype(np.float64), data[:, 1].astype(np.float64)
     e_left, e_right = float(left @ left), float(right @ right)
     audible = 1e-7 * data.shape[0]  # mean square above -70 dBFS in both channels
-    return e_left > audible and e_right > audible and float(left @ right) < -0.5 * np.sqrt(
-        e_left * e_right)
+    if e_left <= audible or e_right <= audible:
+        return 0
+    corr = float(left @ right) / np.sqrt(e_left * e_right)
+    return -1 if corr < -0.5 else 1 if corr > 0.5 else 0
 
 
 def iter_blocks(source: Source, params: DecodeParams | None = None) -> Iterator[np.ndarray]:
@@ -335,9 +338,10 @@ def iter_blocks(source: Source, params: DecodeParams | None = None) -> Iterator[
     ------
     np.ndarray
         Shape ``(n,)`` float32, ``n <= block_s * sample_rate`` (only the last block is shorter).
-        Multi-channel audio is mixed down by the mean over channels; a stereo file whose channels
-        are in opposite phase (correlation below -0.5 in a second that is not silent) by half
-        their difference from that second on, instead of cancelling.
+        Multi-channel audio is mixed down by the mean over channels; the stretches of a stereo
+        file whose channels are in opposite phase (from a second that is audible with a
+        correlation below -0.5 until one above +0.5) by half their difference, instead of
+        cancelling.
 
     Raises
     ------
@@ -375,9 +379,10 @@ def iter_blocks(source: Source, params: DecodeParams | None = None) -> Iterator[
                 elif data.shape[1] == 1:
                     mono = data[:, 0]
                 else:
-                    # a channel wired in opposite phase would cancel the voice in the mean: from the
-                    # first second that shows it, the file is mixed with that channel inverted
-                    inverted = inverted or _opposite_phase(data)
+                    # a channel wired in opposite phase would cancel the voice in the mean: from a
+                    # second that shows it until one in phase, that channel is mixed inverted
+                    phase = _phase(data)
+                    inverted = phase < 0 if phase else inverted
                     mono = (data[:, 0] - data[:, 1]) * np.float32(0.5) if inverted else (
                         data.mean(axis=1, dtype=np.float32))
                 if not np.isfinite(mono).all():

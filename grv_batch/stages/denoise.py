@@ -65,8 +65,9 @@ def _noise_reference(
     power = np.mean(b64**2, axis=1)
     db = 10 * np.log10(power + 1e-20)
     # digital silence (zero padding, silence suppression) would be the quietest blocks and a
-    # profile of nothing: gating against it removes nothing
-    live = live_frames(power - np.mean(b64, axis=1) ** 2)
+    # profile of nothing: gating against it removes nothing. The blocks next to it straddle its
+    # edge and hold the start or end of speech, not the background.
+    live = live_frames(power - np.mean(b64, axis=1) ** 2, guard=1)
     p10, p90 = np.percentile(db[live], [10, 90])
     if p90 - p10 < min_range_db:
         return None

@@ -22,11 +22,13 @@ __all__ = [
 _FLOOR_DB = -120.0  # energy of digital silence is clamped here instead of -inf
 
 #: Frames (or blocks) whose variance is at or below this level, in dB re full scale, are digital
-#: silence: zeros or a constant (padding, a codec's silence suppression; a DC offset removed from
-#: zeros leaves a constant). +-1 LSB of 16-bit dither is about -92 dB. Digital silence is not the
-#: recording's background, so noise-floor estimates leave it out: padding a file with zeros must
-#: not change what counts as its noise.
-DIGITAL_SILENCE_DB = -90.0
+#: silence: constant to within float rounding (zero padding, a codec's silence suppression, the
+#: constant that DC removal leaves of zeros). Judged on the audio before denoising and
+#: normalisation, where even a quiet 24-bit recording's background is far above it (a real
+#: room at +-1 LSB of 16 bits is about -95 dB and is noise, not silence). Digital silence is not
+#: the recording's background, so noise-floor estimates leave it out: padding a file with zeros
+#: must not change what counts as its noise.
+DIGITAL_SILENCE_DB = -120.0
 # with fewer live frames than this (input silent throughout) the estimates use every frame
 _MIN_LIVE_FRAMES = 10
 
@@ -111,13 +113,16 @@ class SpeechActivity:
                               speech_ratio=0.0, level_range_db=self.level_range_db)
 
 
-def live_frames(variance: np.ndarray) -> np.ndarray:
+def live_frames(variance: np.ndarray, *, guard: int = 0) -> np.ndarray:
     """Which frames are not digital silence (variance above :data:`DIGITAL_SILENCE_DB`).
 
     Parameters
     ----------
     variance : np.ndarray
         Shape ``(n_frames,)``, each frame's variance (mean square about its own mean).
+    guard : int
+        Frames this close to digital silence are not live either: they straddle its edge and
+        hold the start or end of whatever follows or precedes it, not the background.
 
     Returns
     -------
@@ -125,11 +130,15 @@ def live_frames(variance: np.ndarray) -> np.ndarray:
         Shape ``(n_frames,)`` bool; all True when fewer than 10 frames are live, so that input
         silent throughout keeps statistics over all of its frames.
     """
-    live = variance > 10 ** (DIGITAL_SILENCE_DB / 10)
+    silent = variance <= 10 ** (DIGITAL_SILENCE_DB / 10)
+    if guard > 0 and silent.any():
+        silent = np.convolve(silent, np.ones(2 * guard + 1), mode="same") > 0
+    live = ~silent
     return live if np.count_nonzero(live) >= _MIN_LIVE_FRAMES else np.ones_like(live)
 
 
-def frame_levels(audio: np.ndarray, frame: int, hop: int) -> tuple[np.ndarray, np.ndarray]:
+def frame_levels(audio: np.ndarray, frame: int, hop: int, *,
+                 guard: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Mean-square energy in dBFS of centred frames, and which frames are not digital silence.
 
     Parameters
@@ -138,6 +147,8 @@ def frame_levels(audio: np.ndarray, frame: int, hop: int) -> tuple[np.ndarray, n
         Shape ``(n,)``.
     frame, hop : int
         Frame length and hop in samples.
+    guard : int
+        Passed to :func:`live_frames`.
 
     Returns
     -------
@@ -164,7 +175,7 @@ def frame_levels(audio: np.ndarray, frame: int, hop: int) -> tuple[np.ndarray, n
     energy = (csum_sq[starts + width] - csum_sq[starts]) / frame
     mean = (csum[starts + width] - csum[starts]) / frame
     energy_db = 10.0 * np.log10(np.maximum(energy, 10 ** (_FLOOR_DB / 10)))
-    return energy_db, live_frames(energy - mean * mean)
+    return energy_db, live_frames(energy - mean * mean, guard=guard)
 
 
 def _runs(mask: np.ndarray, value: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -174,7 +185,8 @@ def _runs(mask: np.ndarray, value: bool) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(d == 1), np.flatnonzero(d == -1)
 
 
-def speech_activity(audio: np.ndarray, sr: int, params: SpeechParams | None = None) -> SpeechActivity:
+def speech_activity(audio: np.ndarray, sr: int, params: SpeechParams | None = None, *,
+                    reference: np.ndarray | None = None) -> SpeechActivity:
     """Detect speech frames from energy.
 
     Parameters
@@ -184,6 +196,9 @@ def speech_activity(audio: np.ndarray, sr: int, params: SpeechParams | None = No
     sr : int
         Sample rate in Hz.
     params : SpeechParams, optional
+    reference : np.ndarray, optional
+        Shape ``(n,)``: the same audio before denoising and normalisation, on which digital
+        silence is judged (gating and gain change how constant a stretch looks). Default: ``audio``.
 
     Returns
     -------
@@ -197,6 +212,11 @@ def speech_activity(audio: np.ndarray, sr: int, params: SpeechParams | None = No
     hop = max(int(round(params.hop_ms * sr / 1000)), 1)
     hop_s = hop / sr
     db, live = frame_levels(audio, frame, hop)
+    if reference is not None:
+        if reference.shape != audio.shape:
+            raise ValueError(f"reference must have the shape of audio {audio.shape}, "
+                             f"got {reference.shape}")
+        live = frame_levels(np.asarray(reference, dtype=np.float32), frame, hop)[1]
     floor = float(np.percentile(db[live], params.noise_percentile))
     top = float(np.percentile(db[live], 99.0))
     # Adaptive threshold, but never above "top - margin": a signal without pauses (a steady vowel)
