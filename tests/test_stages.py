@@ -441,6 +441,19 @@ def test_a_quiet_background_is_noise_not_digital_silence() -> None:
         assert quiet[name] == pytest.approx(loud[name], rel=0.01, abs=0.02), name
 
 
+def test_short_pauses_of_digital_silence_are_not_speech() -> None:
+    """Silence suppression between words: the short pauses are exact zeros. Gap filling makes
+    short pauses speech, but never digital silence, which would enter the speech-frame features."""
+    parts = [vowel(120 + 20 * k, 0.4) + noise(0.4, amp=2e-3, seed=k) for k in range(4)]
+    talk = np.concatenate([parts[0], silence(0.1), parts[1], silence(0.15), parts[2],
+                           silence(0.1), parts[3]])
+    act = speech_activity(talk, SR)
+    assert act.speech_s == pytest.approx(1.6, abs=0.12)  # the pauses (0.35 s) are not filled
+    for start_s, dur_s in ((0.4, 0.1), (0.9, 0.15), (1.45, 0.1)):  # the pauses' interiors
+        inside = slice(int(round((start_s + 0.03) / 0.01)), int(round((start_s + dur_s - 0.03) / 0.01)))
+        assert not act.mask[inside].any()
+
+
 def test_snr_of_speech_whose_pauses_are_digital_silence_is_high() -> None:
     """Every pause is digital silence: the pauses are clean, not the edges of speech."""
     from grv_batch.features.quality import snr_db
