@@ -96,6 +96,17 @@ def test_load_is_cached_per_process(tiny_bundle):
     assert load_ensemble(tiny_bundle) is load_ensemble(tiny_bundle)
 
 
+def test_tensorflow_retracing_notices_do_not_reach_the_console(tiny_bundle, caplog):
+    """Batches are padded to powers of two, each traced once: not "excessive retracing"."""
+    from tensorflow.python.platform import tf_logging
+
+    load_ensemble(tiny_bundle)
+    # what TensorFlow logs after five traces of one function (seen with 8 kHz and MP3 corpora)
+    tf_logging.warning("5 out of the last 11 calls to <function f> triggered tf.function retracing.")
+    tf_logging.warning("another warning")
+    assert [r.getMessage() for r in caplog.records if r.name == "tensorflow"] == ["another warning"]
+
+
 def test_member_subset(tiny_bundle):
     ens = load_ensemble(tiny_bundle, params=ModelParams(members=["cv_mel"]))
     feats, logmels = _inputs(2)

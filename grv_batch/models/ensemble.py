@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from pathlib import Path
@@ -247,10 +248,17 @@ _CACHE: dict = {}
 _CACHE_LOCK = threading.Lock()
 
 
+def _not_a_retracing_notice(record: logging.LogRecord) -> bool:
+    return "triggered tf.function retracing" not in str(record.msg)
+
+
 def _load_models(root: Path, spec: dict, members: list[str]) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
+    # predict batches are padded to a few power-of-two sizes, each traced once; TensorFlow warns
+    # about "excessive retracing" after five, on the user's console, with advice for its own users
+    logging.getLogger("tensorflow").addFilter(_not_a_retracing_notice)
     models = {}
     for m in members:
         path = root / spec["members"][m]["file"]
