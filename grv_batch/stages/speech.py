@@ -231,9 +231,9 @@ def speech_activity(audio: np.ndarray, sr: int, params: SpeechParams | None = No
             # only interior gaps: leading/trailing non-speech stays non-speech
             if s > 0 and e < mask.size and e - s <= gap:
                 mask[s:e] = True
-        # ... but never over digital silence (silence suppression between words): its frames
-        # would enter every speech-frame feature
-        mask &= live
+    # never digital silence (silence suppression between words, a constant left by DC removal):
+    # its frames would enter every speech-frame feature
+    mask &= live
     min_run = int(round(params.min_run_s / hop_s))
     if min_run > 0 and mask.any():
         starts, ends = _runs(mask, True)
