@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -42,6 +44,38 @@ def _fail(message: str, *, code: int = 2) -> None:
 
 def _quiet_libraries() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@contextlib.contextmanager
+def _ctrl_c_sets(event: threading.Event):
+    """Ctrl-C raises ``KeyboardInterrupt`` as usual and also sets ``event``, which the run checks
+    between batches.
+
+    Python raises the interrupt between any two bytecodes of the main thread, also inside a
+    ``__del__`` (distributed's ``Future.__del__`` runs each time the run drops a finished future).
+    There it is printed as "Exception ignored" and lost, and the run went on to "Done": the event
+    keeps it, and the lost copy is not printed.
+    """
+    def on_sigint(signum, frame):
+        event.set()
+        signal.default_int_handler(signum, frame)
+
+    def unraisable(info, previous=sys.unraisablehook):
+        if not (event.is_set() and isinstance(info.exc_value, KeyboardInterrupt)):
+            previous(info)
+
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield  # embedded somewhere that handles Ctrl-C itself
+        return
+    saved_hook = sys.unraisablehook
+    signal.signal(signal.SIGINT, on_sigint)
+    sys.unraisablehook = unraisable
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        sys.unraisablehook = saved_hook
 
 
 @app.command()
@@ -86,14 +120,17 @@ def run(
         console.print("[yellow]--workers is ignored: the named scheduler's workers run the job[/yellow]")
     secrets = [*secret_values(spec.storage_options), *url_secrets(input), *url_secrets(out),
                *url_secrets(metadata or "")]
+    interrupted = threading.Event()
     try:
-        plan = runner.plan_run(input, out, spec, metadata_url=metadata, console=console)
-        # nothing left to run (a rerun of a finished job): no cluster to start
-        cluster = (runner.dask_client(spec.execution, console=console)
-                   if len(plan.done) < len(plan.tasks) else contextlib.nullcontext())
-        with cluster as client:
-            summary = runner.run_job(input, out, spec, client=client, metadata_url=metadata,
-                                     console=console, progress=not no_progress, plan=plan)
+        with _ctrl_c_sets(interrupted):
+            plan = runner.plan_run(input, out, spec, metadata_url=metadata, console=console)
+            # nothing left to run (a rerun of a finished job): no cluster to start
+            cluster = (runner.dask_client(spec.execution, console=console)
+                       if len(plan.done) < len(plan.tasks) else contextlib.nullcontext())
+            with cluster as client:
+                summary = runner.run_job(input, out, spec, client=client, metadata_url=metadata,
+                                         console=console, progress=not no_progress, plan=plan,
+                                         stop=interrupted)
     except KeyboardInterrupt:
         _fail("interrupted; finished batches are kept: run the same command again to resume",
               code=130)

@@ -430,7 +430,8 @@ def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = No
 
 
 def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | None = None,
-            console=None, progress: bool = True, plan: RunPlan | None = None) -> RunSummary:
+            console=None, progress: bool = True, plan: RunPlan | None = None,
+            stop: threading.Event | None = None) -> RunSummary:
     """Run ``job`` over every audio file under ``input_url`` and write the tables to ``out_url``.
 
     Parameters
@@ -448,11 +449,16 @@ def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | No
     plan
         The result of :func:`plan_run` when the caller checked the arguments before starting a
         cluster; planned here otherwise.
+    stop
+        Checked after each finished batch: once set, the run raises ``KeyboardInterrupt`` (the
+        finished batches are kept and a rerun resumes). The CLI sets it on Ctrl-C.
 
     Raises
     ------
     InputError, OutputConflict
         For unusable input or an OUT that belongs to another job.
+    KeyboardInterrupt
+        When ``stop`` is set.
     """
     started = time.perf_counter()
     if plan is None:
@@ -473,7 +479,9 @@ def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | No
         _check_workers_see(client, [("INPUT", pending[0].files[0].url),
                                     ("OUT", storage.join(plan.layout.out_url, JOB_FILE))])
     records = _execute(client, pending, job=job, layout=plan.layout, options=options,
-                       console=console, progress=progress)
+                       console=console, progress=progress, stop=stop)
+    if stop is not None and stop.is_set():
+        raise KeyboardInterrupt  # lost while the last batches finished: stop before the tables
     phases["batches_s"] = time.perf_counter() - started - sum(phases.values())
     counts = _account(fs, out, plan.corpus, plan.tasks)
     _write_empty_tables(fs, out, job, plan.layout)
@@ -549,7 +557,8 @@ def _start_report_imports(*, ground_truth: bool) -> threading.Thread:
 
 
 def _execute(client, tasks: list[BatchTask], *, job, layout: OutputLayout,
-             options: Mapping[str, Any], console, progress: bool) -> list[dict[str, Any]]:
+             options: Mapping[str, Any], console, progress: bool,
+             stop: threading.Event | None = None) -> list[dict[str, Any]]:
     """Submit every task, follow them with a progress bar, and recover from failed tasks.
 
     A task whose workers keep dying (``KilledWorker``) or that raises after its retries is split
@@ -606,6 +615,8 @@ def _execute(client, tasks: list[BatchTask], *, job, layout: OutputLayout,
         task_id = prog.add_task("batches", total=len(tasks)) if prog else None
         completed = as_completed(list(futures))
         for future in completed:
+            if stop is not None and stop.is_set():
+                raise KeyboardInterrupt  # a Ctrl-C that Python lost (see run_job's ``stop``)
             task = futures.pop(future)
             try:
                 record = future.result()
