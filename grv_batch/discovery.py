@@ -110,7 +110,9 @@ def discover(input_url: str, params: InputParams = InputParams(), *,
         pass
     try:
         exists = fs.exists(root)
-        if exists and fs.isfile(root):
+        # In a bucket, "audio" can be an object and a prefix at once: "audio/" names the prefix
+        is_file = exists and fs.isfile(root) and not (input_url.endswith("/") and fs.isdir(root))
+        if is_file:
             found = {root: fs.info(root)}
             root = posixpath.dirname(root)
         elif exists:

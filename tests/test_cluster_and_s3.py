@@ -131,3 +131,21 @@ def test_local_cluster_serves_its_dashboard_and_workers_get_the_profiling_settin
         with direct.open(client.dashboard_link, timeout=30) as page:  # the link a run prints
             assert page.status == 200
     assert list(seen.values()) == [profiling]
+
+
+def test_a_key_that_is_an_object_and_a_prefix_is_read_as_the_prefix_with_a_slash(moto_server):
+    """S3 lets ``audio`` be an object beside keys under ``audio/``: INPUT ``.../audio/`` is the
+    prefix (it was read as the one object), ``.../audio`` the object."""
+    import s3fs
+
+    from grv_batch.discovery import InputError, discover
+
+    opts = {"endpoint_url": moto_server, "key": "testing-key-id", "secret": SECRET}
+    fs = s3fs.S3FileSystem(**opts)
+    fs.mkdir("both")
+    fs.pipe({"both/audio": b"not audio", "both/audio/a.wav": b"RIFF", "both/audio/b/c.flac": b"fLaC"})
+    prefix = discover("s3://both/audio/", storage_options=opts)
+    assert sorted(f.path for f in prefix.files) == ["a.wav", "b/c.flac"]
+    with pytest.raises(InputError, match="holds no audio file"):
+        discover("s3://both/audio", storage_options=opts)  # the object itself: not an audio name
+
