@@ -131,6 +131,8 @@ def run(
                 summary = runner.run_job(input, out, spec, client=client, metadata_url=metadata,
                                          console=console, progress=not no_progress, plan=plan,
                                          stop=interrupted)
+            if interrupted.is_set():
+                raise KeyboardInterrupt  # lost while the tables were finished: still a Ctrl-C
     except KeyboardInterrupt:
         _fail("interrupted; finished batches are kept: run the same command again to resume",
               code=130)

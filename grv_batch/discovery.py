@@ -23,10 +23,12 @@ from grv_batch import storage
 from grv_batch._params import Params
 from grv_batch.stages.decode import AV_EXTENSIONS
 
-DEFAULT_PATTERNS = ("*.wav", "*.flac", "*.ogg", "*.oga", "*.opus", "*.mp3", "*.aif", "*.aiff", "*.aifc",
-                    "*.sph", "*.nist", "*.caf", "*.au",
-                    # the containers decoded through PyAV (FFmpeg)
-                    *(f"*{ext}" for ext in AV_EXTENSIONS))
+# The order and the set are part of a job's fingerprint (an OUT is resumed only by the same job):
+# dict.fromkeys keeps one "*.mp3" now that MP3 is among the extensions PyAV (FFmpeg) decodes.
+DEFAULT_PATTERNS = tuple(dict.fromkeys((
+    "*.wav", "*.flac", "*.ogg", "*.oga", "*.opus", "*.mp3", "*.aif", "*.aiff", "*.aifc",
+    "*.sph", "*.nist", "*.caf", "*.au",
+    *(f"*{ext}" for ext in AV_EXTENSIONS))))
 
 #: Rough bytes per second of audio by extension, used only to balance batches before decoding.
 _BYTES_PER_SECOND = {".wav": 32_000, ".flac": 18_000, ".ogg": 10_000, ".oga": 10_000,

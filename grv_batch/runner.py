@@ -475,6 +475,8 @@ def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | No
     phases = {"prepare_s": time.perf_counter() - started}
     if job.output.write_report and pending:
         _start_report_imports(ground_truth=metadata_url is not None)
+    if stop is not None and stop.is_set():
+        raise KeyboardInterrupt  # lost while the cluster started
     if pending:
         _check_workers_see(client, [("INPUT", pending[0].files[0].url),
                                     ("OUT", storage.join(plan.layout.out_url, JOB_FILE))])
@@ -614,9 +616,7 @@ def _execute(client, tasks: list[BatchTask], *, job, layout: OutputLayout,
     with bar as prog:
         task_id = prog.add_task("batches", total=len(tasks)) if prog else None
         completed = as_completed(list(futures))
-        for future in completed:
-            if stop is not None and stop.is_set():
-                raise KeyboardInterrupt  # a Ctrl-C that Python lost (see run_job's ``stop``)
+        for future in _until_stopped(completed, stop):
             task = futures.pop(future)
             try:
                 record = future.result()
@@ -683,6 +683,22 @@ def _execute(client, tasks: list[BatchTask], *, job, layout: OutputLayout,
             if finished and prog is not None:
                 prog.update(task_id, advance=1)
     return records
+
+
+def _until_stopped(completed, stop: threading.Event | None) -> Iterator[Any]:
+    """``completed``'s futures as they finish; ``KeyboardInterrupt`` within 0.2 s of ``stop``
+    being set, also while a long batch runs (a Ctrl-C that Python lost: see run_job's ``stop``)."""
+    while True:
+        if stop is not None:
+            while not completed.has_ready() and not completed.is_empty():
+                if stop.wait(0.2):
+                    break
+            if stop.is_set():
+                raise KeyboardInterrupt
+        try:
+            yield next(completed)
+        except StopIteration:
+            return
 
 
 def _remove_batch_shards(task: BatchTask, layout: OutputLayout,

@@ -92,3 +92,25 @@ def test_a_ctrl_c_that_python_loses_in_a_destructor_still_stops_the_run():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "went on; stop is set: True"
     assert "KeyboardInterrupt" not in proc.stderr and "Exception ignored" not in proc.stderr
+
+
+def test_a_lost_ctrl_c_stops_the_run_while_a_long_batch_is_still_running():
+    """The run does not wait for the next batch to finish before it acts on a lost Ctrl-C."""
+    import threading
+
+    from grv_batch.runner import _until_stopped
+
+    class LongBatch:  # as_completed over one batch that has not finished
+        def has_ready(self):
+            return False
+
+        def is_empty(self):
+            return False
+
+        def __next__(self):
+            raise AssertionError("waited for the batch to finish")
+
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    with pytest.raises(KeyboardInterrupt):
+        next(_until_stopped(LongBatch(), stop))

@@ -245,18 +245,51 @@ def test_mp3_frames_come_from_decoding(tmp_path: Path) -> None:
     assert fa.info.duration_s == pytest.approx(n / SR) and fa.features["speech_s"] > 1.5
 
 
-def test_mp3_read_in_pieces_is_the_whole_file_decode(tmp_path: Path) -> None:
+def _chirp(seconds: float, sr: int) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    return (0.5 * np.sin(2 * np.pi * (100 * t + 400 * t**2))).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", ["chirp.mp3", "chirp-named.wav"])
+def test_mp3_read_in_pieces_is_the_whole_file_decode(tmp_path: Path, name: str) -> None:
     """libsndfile 1.2.2 decodes MP3 wrong after a read boundary (this chirp: 0.6 of full scale
-    off with 1 s pieces); blocks and pieces must not change the samples."""
+    off with 1 s pieces); blocks and pieces must not change the samples, whatever the name."""
     sr = 44100
-    t = np.arange(8 * sr) / sr
-    chirp = (0.5 * np.sin(2 * np.pi * (100 * t + 400 * t**2))).astype(np.float32)
-    path = tmp_path / "chirp.mp3"
-    sf.write(path, chirp, sr, format="MP3", subtype="MPEG_LAYER_III")
+    path = tmp_path / name
+    sf.write(path, _chirp(8.0, sr), sr, format="MP3", subtype="MPEG_LAYER_III")
     whole, _ = sf.read(path, dtype="float32")  # one read: no boundary
+    assert probe(path).format == "FFMPEG:MP3"
     y = np.concatenate(list(iter_blocks(path, DecodeParams(block_s=3.0))))
     assert y.size == whole.size
     np.testing.assert_allclose(y, whole, atol=1e-4)
+
+
+def test_mp3_with_a_damaged_frame_or_joined_with_cat_still_decodes(tmp_path: Path) -> None:
+    """A damaged frame loses that frame, as libsndfile's decoder did, not the file; two MP3s joined
+    with ``cat`` (stereo, then mono at another rate) decode as the first one's channels and rate."""
+    import soxr
+
+    sr = 44100
+    path = tmp_path / "chirp.mp3"
+    sf.write(path, _chirp(8.0, sr), sr, format="MP3", subtype="MPEG_LAYER_III")
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 600] = bytes(600)
+    damaged = tmp_path / "damaged.mp3"
+    damaged.write_bytes(bytes(data))
+    y = np.concatenate(list(iter_blocks(damaged)))
+    assert 0.97 * 8 * sr < y.size <= 8 * sr + 4096
+
+    stereo, mono = tmp_path / "stereo.mp3", tmp_path / "mono.mp3"
+    sf.write(stereo, np.stack([_chirp(3.0, sr), 0.5 * _chirp(3.0, sr)], axis=1), sr,
+             format="MP3", subtype="MPEG_LAYER_III")
+    sf.write(mono, soxr.resample(_chirp(3.0, sr), sr, 22050), 22050, format="MP3",
+             subtype="MPEG_LAYER_III")
+    joined = tmp_path / "joined.mp3"
+    joined.write_bytes(stereo.read_bytes() + mono.read_bytes())
+    assert probe(joined).channels == 2 and probe(joined).sample_rate == sr
+    y = np.concatenate(list(iter_blocks(joined)))
+    assert 6 * sr < y.size < 6 * sr + 8192
 
 
 def test_decode_params_validated() -> None:

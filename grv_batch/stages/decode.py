@@ -38,6 +38,9 @@ __all__ = ["AudioInfo", "DecodeError", "DecodeParams", "iter_blocks", "probe"]
 _INEXACT_FRAME_FORMATS = {"MP3", "OGG"}
 _AV_FORMAT_PREFIX = "FFMPEG:"
 
+# Damaged packets in a row after which a PyAV stream is given up as not audio (MP3: 2.6 s at 44.1 kHz)
+_AV_MAX_BAD_PACKETS = 100
+
 #: Extensions opened with PyAV (FFmpeg) directly: libsndfile cannot read them or, for MP3, reads
 #: them wrong in pieces (libsndfile 1.2.2: up to 0.46 of full scale off after a read boundary at
 #: 44.1 kHz; a whole-file read matches FFmpeg, but long recordings are read block by block).
@@ -157,19 +160,51 @@ class _AVFile:
         self.format = _AV_FORMAT_PREFIX + self._container.format.name.split(",")[0].upper()
         self.subtype = ctx.name.upper()
         self.extra_info = ""
-        self._frames = self._container.decode(stream)
+        self._packets = self._container.demux(stream)
+        self._decoded: list = []  # frames of the last packet not yet converted
         self._resampler = None
+        self._resampler_input = None  # (format, layout, rate) the resampler was made for
+        self._started = False  # samples were handed out: channels and rate are fixed from now on
+        self._layout = ""
         self._pending: list[np.ndarray] = []
         self._pending_n = 0
 
+    def _next_decoded(self):
+        """The next decoded frame; a damaged packet is skipped, as libsndfile's MP3 decoder
+        re-syncs, unless :data:`_AV_MAX_BAD_PACKETS` in a row are (then the data is not audio)."""
+        av = self._av
+        bad = 0
+        while not self._decoded:
+            try:
+                packet = next(self._packets)
+            except StopIteration:
+                return None
+            except av.error.FFmpegError as exc:
+                raise RuntimeError(_av_reason(exc)) from exc
+            try:
+                self._decoded = list(packet.decode())
+            except av.error.InvalidDataError as exc:
+                bad += 1
+                if bad >= _AV_MAX_BAD_PACKETS:
+                    raise RuntimeError(_av_reason(exc)) from exc
+            except av.error.FFmpegError as exc:
+                raise RuntimeError(_av_reason(exc)) from exc
+        return self._decoded.pop(0)
+
     def _next_frame(self) -> np.ndarray | None:
         av = self._av
-        try:
-            frame = next(self._frames)
-        except StopIteration:
+        frame = self._next_decoded()
+        if frame is None:
             return None
-        except av.error.FFmpegError as exc:
-            raise RuntimeError(_av_reason(exc)) from exc
+        if not self._started:
+            # the stream's declared layout, or the first frame's where it declares none
+            layout = self._stream.codec_context.layout
+            if layout is None or layout.nb_channels != self.channels:
+                layout = frame.layout
+                self.channels = layout.nb_channels
+            self._layout = layout.name
+            self.samplerate = self.samplerate or frame.sample_rate
+            self._started = True
         if (self._resampler is None and frame.format.name in ("fltp", "flt")
                 and frame.sample_rate == self.samplerate
                 and frame.layout.nb_channels == self.channels):
@@ -177,20 +212,20 @@ class _AVFile:
             # no conversion needed, and skipping the resampler halves the time spent per frame
             data = frame.to_ndarray()
             return data.T if frame.format.is_planar else data.reshape(-1, self.channels)
-        if self._resampler is None:
-            # packed float32 in the layout and at the rate the stream declares (what ``channels``
-            # and ``samplerate`` report), whatever the decoder hands out: usually a format change
-            # only; a frame that differs is converted instead of being misread
-            layout = self._stream.codec_context.layout
-            if layout is None or layout.nb_channels != self.channels:
-                layout = frame.layout
-                self.channels = layout.nb_channels
-            self._resampler = av.AudioResampler(format="flt", layout=layout,
-                                                rate=self.samplerate or frame.sample_rate)
+        # Anything else (another sample format, or a stream whose rate or channel count changes
+        # midway, as two files joined with cat) is converted to what the file started as.
+        given = (frame.format.name, frame.layout.name, frame.sample_rate)
         out = []
-        for f in self._resampler.resample(frame):
-            out.append(f.to_ndarray().reshape(-1, self.channels))
-        return np.concatenate(out) if out else np.zeros((0, self.channels), np.float32)
+        if self._resampler is not None and given != self._resampler_input:
+            out.extend(self._resampler.resample(None))  # what the old set-up still holds
+            self._resampler = None
+        if self._resampler is None:
+            self._resampler = av.AudioResampler(format="flt", layout=self._layout,
+                                                rate=self.samplerate)
+            self._resampler_input = given
+        out.extend(self._resampler.resample(frame))
+        return (np.concatenate([f.to_ndarray().reshape(-1, self.channels) for f in out]) if out
+                else np.zeros((0, self.channels), np.float32))
 
     def read(self, frames: int, dtype: str = "float32", always_2d: bool = True) -> np.ndarray:
         while self._pending_n < frames:
@@ -243,6 +278,9 @@ def _open_sndfile(source: Source) -> sf.SoundFile:
 def _open(source: Source) -> Iterator[sf.SoundFile]:
     size = _check_size(source)
     f = _AVFile(source) if _uses_av(source) else _open_sndfile(source)
+    if isinstance(f, sf.SoundFile) and f.format == "MP3":
+        f.close()  # an MP3 by its content, not its name: FFmpeg's, as for .mp3 (AV_EXTENSIONS)
+        f = _AVFile(source)
     if isinstance(f, sf.SoundFile) and f.frames == 0 and size > _SMALLEST_HEADER_BYTES:
         # A WAV whose writer never filled in its sizes (a recorder that was stopped hard) declares
         # no samples, and libsndfile believes it; FFmpeg reads such a file to its end. A file that
