@@ -450,8 +450,9 @@ def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | No
         The result of :func:`plan_run` when the caller checked the arguments before starting a
         cluster; planned here otherwise.
     stop
-        Checked after each finished batch: once set, the run raises ``KeyboardInterrupt`` (the
-        finished batches are kept and a rerun resumes). The CLI sets it on Ctrl-C.
+        Checked before the first batch, every 0.2 s while batches run and after the last: once
+        set, the run raises ``KeyboardInterrupt`` (the finished batches are kept and a rerun
+        resumes). The CLI sets it on Ctrl-C.
 
     Raises
     ------
