@@ -164,8 +164,7 @@ class _AVFile:
         self._decoded: list = []  # frames of the last packet not yet converted
         self._resampler = None
         self._resampler_input = None  # (format, layout, rate) the resampler was made for
-        self._started = False  # samples were handed out: channels and rate are fixed from now on
-        self._layout = ""
+        self._layout = ""  # set by the first frame; channels and rate are fixed from then on
         self._pending: list[np.ndarray] = []
         self._pending_n = 0
 
@@ -196,7 +195,7 @@ class _AVFile:
         frame = self._next_decoded()
         if frame is None:
             return None
-        if not self._started:
+        if not self._layout:
             # the stream's declared layout, or the first frame's where it declares none
             layout = self._stream.codec_context.layout
             if layout is None or layout.nb_channels != self.channels:
@@ -204,7 +203,6 @@ class _AVFile:
                 self.channels = layout.nb_channels
             self._layout = layout.name
             self.samplerate = self.samplerate or frame.sample_rate
-            self._started = True
         if (self._resampler is None and frame.format.name in ("fltp", "flt")
                 and frame.sample_rate == self.samplerate
                 and frame.layout.nb_channels == self.channels):
