@@ -13,7 +13,7 @@ from functools import lru_cache
 import numpy as np
 import soxr
 
-from grv_batch.features.spectral import mel_filterbank, power_spectrogram
+from grv_batch.features.spectral import mean_power_spectrum, mel_filterbank
 
 __all__ = ["MEL128_SR", "mel128"]
 
@@ -51,8 +51,8 @@ def mel128(audio: np.ndarray, sr: int) -> tuple[np.ndarray, int]:
         y = soxr.resample(y, sr, MEL128_SR, quality="soxr_hq")
         y = np.pad(y, (0, max(n_out - y.size, 0)))[:n_out].astype(np.float32, copy=False)
     # melspectrogram's own STFT settings (center=True, constant padding, Hann), see power_spectrogram
-    power = power_spectrogram(y, 2048, 512)
+    power, n_frames = mean_power_spectrum(y, 2048, 512)
     # mean_t(M @ S) == M @ mean_t(S): one matrix-vector product instead of a mel matrix per frame
     # (same value as melspectrogram(...).mean(axis=1) up to float rounding, ~1e-6 relative)
-    mean = _mel_basis() @ power.mean(axis=1, dtype=np.float64)
-    return mean.astype(np.float32), int(power.shape[1])
+    mean = _mel_basis() @ power
+    return mean.astype(np.float32), n_frames

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["SPECTRAL_COLUMNS", "mel_filterbank", "power_spectrogram", "spectral_features"]
+__all__ = [
+    "SPECTRAL_COLUMNS",
+    "mean_power_spectrum",
+    "mel_filterbank",
+    "power_spectrogram",
+    "spectral_features",
+]
 
 SPECTRAL_COLUMNS: tuple[str, ...] = (
     "spectral_centroid_hz",
@@ -26,12 +33,41 @@ def _hann_periodic(n_fft: int) -> np.ndarray:
     return window
 
 
+#: frames per FFT call: frames, spectra and powers then stay in the CPU cache, which a whole
+#: window's do not (about 2x faster for the same transforms)
+_STFT_CHUNK = 64
+
+
+def _power_chunks(y: np.ndarray, n_fft: int, hop_length: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Power spectra of librosa's centred, zero-padded Hann frames, ``_STFT_CHUNK`` at a time.
+
+    Yields ``(first_frame, power)`` with ``power`` of shape ``(k, n_fft // 2 + 1)`` float32; there are
+    ``1 + len(y) // hop_length`` frames in all.
+    """
+    import scipy.fft
+
+    y = np.asarray(y, dtype=np.float32)
+    n_frames = 1 + y.size // hop_length
+    half = n_fft // 2
+    padded = np.zeros(y.size + 2 * half + n_fft, np.float32)  # room for the last frame's tail
+    padded[half : half + y.size] = y
+    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[: n_frames * hop_length : hop_length]
+    window = _hann_periodic(n_fft)
+    buf = np.empty((min(_STFT_CHUNK, n_frames), n_fft), np.float32)
+    for i in range(0, n_frames, _STFT_CHUNK):
+        windowed = np.multiply(frames[i : i + _STFT_CHUNK], window, out=buf[: min(_STFT_CHUNK, n_frames - i)])
+        spec = scipy.fft.rfft(windowed, axis=-1, overwrite_x=True)
+        power = spec.real**2
+        power += spec.imag**2
+        yield i, power
+
+
 def power_spectrogram(y: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
     """``np.abs(librosa.stft(y, n_fft, hop_length, center=True, pad_mode="constant")) ** 2``.
 
     The same frames, window and transform, without librosa's per-call overheads and in float32
     throughout (librosa multiplies by a float64 window, then stores complex64): the values agree
-    to float32 rounding (~1e-6 relative), at a little over half the cost.
+    to float32 rounding (~1e-6 relative), at about a third of the cost.
 
     Parameters
     ----------
@@ -43,18 +79,28 @@ def power_spectrogram(y: np.ndarray, n_fft: int, hop_length: int) -> np.ndarray:
     np.ndarray
         Shape ``(n_fft // 2 + 1, 1 + n // hop_length)`` float32, C-contiguous.
     """
-    import scipy.fft
+    out = np.empty((n_fft // 2 + 1, 1 + np.size(y) // hop_length), np.float32)
+    for i, power in _power_chunks(y, n_fft, hop_length):
+        out[:, i : i + power.shape[0]] = power.T
+    return out
 
-    y = np.asarray(y, dtype=np.float32)
-    n_frames = 1 + y.size // hop_length
-    half = n_fft // 2
-    padded = np.zeros(y.size + 2 * half + n_fft, np.float32)  # room for the last frame's tail
-    padded[half : half + y.size] = y
-    frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[: n_frames * hop_length : hop_length]
-    spec = scipy.fft.rfft(frames * _hann_periodic(n_fft), axis=-1)  # (n_frames, n_fft // 2 + 1)
-    power = spec.real**2
-    power += spec.imag**2
-    return np.ascontiguousarray(power.T)
+
+def mean_power_spectrum(y: np.ndarray, n_fft: int, hop_length: int) -> tuple[np.ndarray, int]:
+    """``power_spectrogram(y, n_fft, hop_length).mean(axis=1, dtype=np.float64)`` and its number of
+    frames, without holding the spectrogram.
+
+    Returns
+    -------
+    mean : np.ndarray
+        Shape ``(n_fft // 2 + 1,)`` float64.
+    n_frames : int
+    """
+    total = np.zeros(n_fft // 2 + 1)
+    n_frames = 0
+    for _, power in _power_chunks(y, n_fft, hop_length):
+        total += power.sum(axis=0, dtype=np.float64)
+        n_frames += power.shape[0]
+    return total / n_frames, n_frames
 
 
 def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
