@@ -102,15 +102,23 @@ def feature_loop_cpu_s(copies: int) -> float:
 def main() -> None:
     import librosa
 
+    import noisereduce
+
     from grv_batch.features.mfcc import _delta
-    from grv_batch.features.spectral import power_spectrogram
+    from grv_batch.features.spectral import mean_power_spectrum, power_spectrogram
     from grv_batch.pipeline import _relax_malloc_trimming
+    from grv_batch.stages.denoise import _noise_reference, _spectral_gate_stationary
 
     _relax_malloc_trimming()
     rng = np.random.default_rng(0)
     y16 = rng.standard_normal(16000 * 10).astype(np.float32)
     y22 = rng.standard_normal(22050 * 10).astype(np.float32)
     mfcc = rng.standard_normal((20, 1001)).astype(np.float32)
+    # 30 s of 1 s tone bursts every other second over a noise floor: quiet stretches to learn from
+    t = np.arange(16000 * 30) / 16000
+    noisy = (0.01 * rng.standard_normal(t.size) + 0.3 * np.sin(2 * np.pi * 150 * t) * (t.astype(int) % 2))
+    noisy = noisy.astype(np.float32)
+    noise_ref = _noise_reference(noisy, 16000, 12.0)
     rows = [
         ("power STFT, 10 s at 16 kHz, n_fft 512, hop 160",
          cpu_ms(lambda: np.abs(librosa.stft(y16, n_fft=512, hop_length=160, pad_mode="constant")) ** 2),
@@ -118,6 +126,15 @@ def main() -> None:
         ("power STFT, 10 s at 22.05 kHz, n_fft 2048, hop 512 (mel128)",
          cpu_ms(lambda: np.abs(librosa.stft(y22, n_fft=2048, hop_length=512, pad_mode="constant")) ** 2),
          cpu_ms(lambda: power_spectrogram(y22, 2048, 512)), "ms per call"),
+        ("mean power spectrum, 10 s at 22.05 kHz, n_fft 2048, hop 512 (mel128)",
+         cpu_ms(lambda: (np.abs(librosa.stft(y22, n_fft=2048, hop_length=512, pad_mode="constant")) ** 2)
+                .mean(axis=1)),
+         cpu_ms(lambda: mean_power_spectrum(y22, 2048, 512)), "ms per call"),
+        ("stationary spectral gating, 30 s at 16 kHz (noisereduce.reduce_noise, one chunk)",
+         cpu_ms(lambda: noisereduce.reduce_noise(
+             y=noisy, sr=16000, stationary=True, y_noise=noise_ref, prop_decrease=0.9, n_fft=1024,
+             hop_length=512, chunk_size=noisy.size, padding=1024, n_jobs=1), number=5),
+         cpu_ms(lambda: _spectral_gate_stationary(noisy, noise_ref, 0.9, 16000), number=5), "ms per call"),
         ("MFCC deltas, 20 x 1001 frames, width 9",
          cpu_ms(lambda: librosa.feature.delta(mfcc, width=9, axis=-1, mode="interp")),
          cpu_ms(lambda: _delta(mfcc, 9)), "ms per call"),
