@@ -373,6 +373,22 @@ def test_denoise_matches_noisereduce() -> None:
         np.testing.assert_allclose(denoise(noisy, SR), expected, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("sr", [16000, 22050, 44100])
+def test_denoise_mask_smoothing_is_noisereduces_kernel(sr: int) -> None:
+    """The running-sum smoothing equals noisereduce's 2-D triangle kernel applied by fftconvolve."""
+    import scipy.signal
+    from noisereduce.spectralgate.base import _smoothing_filter
+
+    from grv_batch.stages.denoise import _smooth_mask, _smoothing_widths
+
+    above = np.random.default_rng(sr).random((57, 513)) > 0.6  # (frames, frequencies)
+    wf, wt = _smoothing_widths(sr)
+    kernel = _smoothing_filter(wf - 1, wt - 1)  # (frequency, time), as noisereduce builds it
+    p = 0.9
+    expected = scipy.signal.fftconvolve((above * p + (1 - p)).T, kernel, mode="same").T
+    np.testing.assert_allclose(_smooth_mask(above, p, sr), expected, rtol=0, atol=1e-12)
+
+
 def test_denoise_skip_above_snr_is_opt_in() -> None:
     clean = voice(4.0) + noise(4.0, amp=1e-4, seed=5)  # far above 30 dB
     noisy = voice(4.0) + noise(4.0, amp=0.05, seed=6)

@@ -222,8 +222,9 @@ def _smooth_mask(above: np.ndarray, prop_decrease: float, sr: int) -> np.ndarray
 
 
 def _above_threshold(spec: np.ndarray, thresh_db: np.ndarray) -> np.ndarray:
-    """``_amp_to_db(spec, axis=0) > thresh_db`` without a logarithm per bin: a bin is above when its
-    magnitude is, or when its frequency's floor (80 dB below the loudest frame) already is."""
+    """noisereduce's mask ``max(20 log10(|spec| + eps), floor) > thresh_db``, where each frequency's
+    floor is 80 dB below its loudest frame, without a logarithm per bin: a bin is above when its
+    magnitude is, or when its frequency's floor already is."""
     mag = np.abs(spec)
     mag += _EPS
     floor_db = 20 * np.log10(mag.max(axis=0)) - 80.0
