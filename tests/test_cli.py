@@ -76,12 +76,15 @@ def test_a_ctrl_c_that_python_loses_in_a_destructor_still_stops_the_run():
     import sys
 
     code = (
-        "import os, signal, threading\n"
+        "import signal, threading\n"
         "from grv_batch.cli import _ctrl_c_sets\n"
         "class Dropped:\n"
         "    def __del__(self):\n"
-        "        os.kill(os.getpid(), signal.SIGINT)\n"
-        "        sum(range(1000))  # the handler runs here, between bytecodes\n"
+        # to the main thread itself (os.kill may land on another thread, and the main thread then
+        # only sees it after __del__); the handler runs at the loop's next backward jump
+        "        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)\n"
+        "        for _ in range(1000):\n"
+        "            pass\n"
         "stop = threading.Event()\n"
         "with _ctrl_c_sets(stop):\n"
         "    Dropped()\n"
