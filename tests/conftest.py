@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -223,3 +224,10 @@ def read_table(out: Path | str, name: str, **kwargs) -> pd.DataFrame:
     import pyarrow.dataset as ds
 
     return ds.dataset(str(Path(out) / name), format="parquet").to_table().to_pandas()
+
+
+def sigint_as_in_a_terminal() -> None:
+    """``preexec_fn`` for a child that a test sends Ctrl-C: a suite started as a background job of
+    a non-interactive shell (as CI may run it) passes SIGINT on *ignored*, and grv-batch rightly
+    leaves an ignored SIGINT ignored; this restores the default a terminal gives."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import sigint_as_in_a_terminal
 from typer.testing import CliRunner
 
 from grv_batch.cli import app
@@ -91,7 +92,8 @@ def test_a_ctrl_c_that_python_loses_in_a_destructor_still_stops_the_run():
         "    print('went on; stop is set:', stop.is_set())\n"
         "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          preexec_fn=sigint_as_in_a_terminal)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "went on; stop is set: True"
     assert "KeyboardInterrupt" not in proc.stderr and "Exception ignored" not in proc.stderr

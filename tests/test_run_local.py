@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import BIN, MALE, grv, make_mixed_corpus, read_table
+from conftest import BIN, MALE, grv, make_mixed_corpus, read_table, sigint_as_in_a_terminal
 
 pytestmark = pytest.mark.slow
 
@@ -260,7 +260,7 @@ def test_interrupted_run_resumes_exactly_once(tmp_path):
 def test_ctrl_c_stops_with_one_line_and_the_same_command_resumes(tmp_path):
     cmd, env, out = _one_file_batches_run(tmp_path, broken=False, seed=5)
     client = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=env, start_new_session=True)
+                              env=env, start_new_session=True, preexec_fn=sigint_as_in_a_terminal)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not list((out / "_batches").glob("*.json")):
         time.sleep(0.1)
