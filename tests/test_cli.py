@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from conftest import sigint_as_in_a_terminal
 from typer.testing import CliRunner
 
+from conftest import sigint_as_in_a_terminal
 from grv_batch.cli import app
 
 runner = CliRunner()
