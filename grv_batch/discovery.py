@@ -105,7 +105,7 @@ def discover(input_url: str, params: InputParams = InputParams(), *,
         When INPUT does not exist or holds no audio file.
     """
     fs, root = storage.filesystem(input_url, storage_options)
-    protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
+    protocol = storage.protocol(fs)
     try:
         fs.invalidate_cache()
     except Exception:  # noqa: BLE001 - not every filesystem caches

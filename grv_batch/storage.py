@@ -204,6 +204,11 @@ def _protocols(fs) -> tuple[str, ...]:
     return fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
 
 
+def protocol(fs) -> str:
+    """``fs``'s main protocol, as its URLs start (``"s3"``, ``"file"``)."""
+    return _protocols(fs)[0]
+
+
 def _is_object_store(fs) -> bool:
     return bool(_OBJECT_STORES.intersection(_protocols(fs)))
 
@@ -299,7 +304,7 @@ def is_local(fs) -> bool:
 
 def full_url(fs, path: str) -> str:
     """``path`` of ``fs`` as the user would type it: ``s3://bucket/key``, or a local path."""
-    return path if is_local(fs) else f"{_protocols(fs)[0]}://{path}"
+    return path if is_local(fs) else f"{protocol(fs)}://{path}"
 
 
 # --- Reading INPUT ------------------------------------------------------------------------------
