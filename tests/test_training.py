@@ -55,8 +55,10 @@ def test_train_writes_a_bundle_that_loads_and_predicts(tiny_corpus, tmp_path):
     # every clip scored out of fold in both conditions, the eval-only one included
     assert len(oof) == 16 * 2 and set(oof["variant"]) == {"clean", "telephone"}
     assert oof["p_ensemble"].between(0, 1).all()
-    # a held-out-corpus table for each corpus
+    # a held-out-corpus table for each corpus, and every file's logits from members that never saw it
     assert {r["heldout_corpus"] for r in summary["heldout_corpus"]} == {"a", "b"}
+    held = pd.read_parquet(report / "heldout_files.parquet")
+    assert len(held) == 16 * 2 and {"z_cv_mel", "z_voice_profile", "z_frames"} <= set(held.columns)
 
 
 @pytest.mark.parametrize(("option", "value", "message"), [
@@ -101,3 +103,36 @@ def test_operating_point_is_the_most_coverage_at_the_target_accuracy():
     label, reason = decide([0.9], [[0.0, 1.0, 0.95]], [5.0], confidence_threshold=0.5,
                            disagreement=max(DISAGREEMENT_GRID), min_speech_s=1.0)
     assert reason[0] == "members_disagree"
+
+
+def test_a_stack_fitted_on_held_out_corpora_trusts_the_member_that_transfers():
+    """Known answer: member ``local`` is right and sure on new speakers of known corpora but wrong
+    on 30% of a new corpus's files, still sure; member ``steady`` is 85% right everywhere. A stack
+    fitted on k-fold logits trusts ``local`` and carries its errors to the held-out corpus; one
+    fitted on held-out-corpus logits leans on ``steady``."""
+    import numpy as np
+
+    from grv_batch.training.domain import compare
+
+    rng = np.random.default_rng(0)
+
+    def table(local_wrong: float) -> pd.DataFrame:
+        n = 300
+        male = rng.random(n) < 0.5
+        sign = np.where(male, 1.0, -1.0)
+        local = 4.0 * sign * np.where(rng.random(n) < local_wrong, -1.0, 1.0)
+        steady = 1.5 * sign * np.where(rng.random(n) < 0.15, -1.0, 1.0)
+        return pd.DataFrame({"path": [f"f{i}" for i in range(n)], "variant": "clean",
+                             "speaker_id": [f"s{i}" for i in range(n)], "corpus": np.repeat(["a", "b", "c"], n // 3),
+                             "gender": np.where(male, "male", "female"), "speech_s": 5.0,
+                             "z_local": local, "z_steady": steady})
+
+    F, H = table(local_wrong=0.0), table(local_wrong=0.3)
+    H["speaker_id"] = F["speaker_id"]
+    rows, combiners = compare(F, H, ["local", "steady"], {f"s{i}": i % 5 for i in range(300)})
+    acc = {(r["table"], r["stack"]): r["accuracy"] for r in rows if r["corpus"] == "all"}
+    # steady alone is right on 85%: the held-out stack gets that, the k-fold one local's 70%
+    assert acc[("held-out corpus", "held-out")] >= 0.84 and acc[("held-out corpus", "k-fold")] <= 0.71
+    assert acc[("k-fold", "k-fold")] == 1.0  # and in domain, trusting local is right
+    kfold = next(c for c in combiners if c["stack"] == "k-fold")
+    assert kfold["w_local"] > 5 * kfold["w_steady"]

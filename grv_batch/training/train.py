@@ -130,6 +130,18 @@ def file_level(W: pd.DataFrame, z: np.ndarray) -> pd.DataFrame:
     return g.drop(columns=["wz", "w"])
 
 
+def member_table(W: pd.DataFrame, Zw: dict[str, np.ndarray], members) -> pd.DataFrame:
+    """One row per (clip, variant): :func:`file_level` of each member's window logits in ``z_<member>``."""
+    T = None
+    for m in members:
+        g = file_level(W, Zw[m])
+        if T is None:
+            T = g.rename(columns={"z": f"z_{m}"})
+        else:
+            T[f"z_{m}"] = g["z"].to_numpy()
+    return T
+
+
 def _fit_combiner(Zc: np.ndarray, y: np.ndarray, members: list[str]) -> dict:
     from sklearn.linear_model import LogisticRegression
 
@@ -180,6 +192,42 @@ def _platt_finite(z, y) -> dict:
     return cal.fit_platt(z[ok], y[ok])
 
 
+def fit_stack(Z: np.ndarray, y: np.ndarray, groups: np.ndarray, members: list[str], seed: int):
+    """Member calibrations, then the stacking combiner and its final calibration, fitted on raw
+    file-level member logits.
+
+    Parameters
+    ----------
+    Z : np.ndarray
+        Shape ``(n, m)`` raw logits of ``members`` (NaN where a member had no input).
+    y : np.ndarray
+        Shape ``(n,)`` true where male.
+    groups : np.ndarray
+        Shape ``(n,)`` speaker ids: the final calibration is chosen by speaker-grouped CV.
+
+    Returns
+    -------
+    member_cal : dict
+        Platt calibration per member.
+    comb : dict
+        ``weights``, ``bias`` and ``calibration`` (the final one), as stored in a bundle.
+    scores : dict
+        Cross-validated log loss of each final-calibration choice.
+    """
+    member_cal = {m: _platt_finite(Z[:, j], y) for j, m in enumerate(members)}
+    Zc = calibrate_members(member_cal, Z, members)
+    comb = _fit_combiner(Zc, y, members)
+    ok = np.isfinite(Zc).all(axis=1)
+    comb["calibration"], scores = _choose_final_calibration(_apply_combiner(comb, Zc[ok], members), y[ok],
+                                                            groups[ok], seed)
+    return member_cal, comb, scores
+
+
+def calibrate_members(member_cal: dict, Z: np.ndarray, members: list[str]) -> np.ndarray:
+    """Shape ``(n, m)`` calibrated logits from raw ones, member by member."""
+    return np.column_stack([cal.apply(member_cal[m], Z[:, j]) for j, m in enumerate(members)])
+
+
 def _stack_crossfit(F: pd.DataFrame, members: list[str], fold_of: np.ndarray, seed: int,
                     fit: np.ndarray | None = None):
     """Cross-fitted member calibration + combiner + final calibration: OOF ensemble logits.
@@ -188,20 +236,15 @@ def _stack_crossfit(F: pd.DataFrame, members: list[str], fold_of: np.ndarray, se
     """
     y = (F["gender"] == "male").to_numpy()
     Z = F[[f"z_{m}" for m in members]].to_numpy()
+    groups = F["speaker_id"].to_numpy()
     fit = np.ones(len(F), bool) if fit is None else fit
     out = np.full(len(F), np.nan)
     Zcal_all = np.full_like(Z, np.nan)
     for k in np.unique(fold_of):
         tr, te = (fold_of != k) & fit, fold_of == k
-        cals = [_platt_finite(Z[tr, j], y[tr]) for j in range(len(members))]
-        Zc_tr = np.column_stack([cal.apply(c, Z[tr, j]) for j, c in enumerate(cals)])
-        Zc_te = np.column_stack([cal.apply(c, Z[te, j]) for j, c in enumerate(cals)])
-        Zcal_all[te] = Zc_te
-        comb = _fit_combiner(Zc_tr, y[tr], members)
-        ok = np.isfinite(Zc_tr).all(axis=1)
-        zc_tr = _apply_combiner(comb, Zc_tr[ok], members)
-        fc, _ = _choose_final_calibration(zc_tr, y[tr][ok], F["speaker_id"].to_numpy()[tr][ok], seed)
-        out[te] = _ensemble_logit(comb, fc, Zc_te, members)
+        member_cal, comb, _ = fit_stack(Z[tr], y[tr], groups[tr], members, seed)
+        Zcal_all[te] = calibrate_members(member_cal, Z[te], members)
+        out[te] = _ensemble_logit(comb, comb["calibration"], Zcal_all[te], members)
     return out, Zcal_all
 
 
@@ -380,13 +423,7 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
         Zw["frames"][te] = _memo(cache, f"oof-fr-{k}-{_sig(oof_sig, ep['frames'])}", _fr)
 
     # ---- file-level out-of-fold table ----
-    F = None
-    for m in members:
-        g = file_level(W, Zw[m])
-        if F is None:
-            F = g.rename(columns={"z": f"z_{m}"})
-        else:
-            F[f"z_{m}"] = g["z"].to_numpy()
+    F = member_table(W, Zw, members)
     if seed_model:
         ps = _seed_model_probs(seed_model, W)
         F["p_original"] = cal.sigmoid(file_level(W, cal.logit(ps))["z"].to_numpy())
@@ -400,14 +437,8 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
 
     # ---- final stacking fitted on all OOF ----
     Z = F[[f"z_{m}" for m in members]].to_numpy()
-    member_cal = {m: _platt_finite(Z[fitF, j], yF[fitF]) for j, m in enumerate(members)}
-    Zc = np.column_stack([cal.apply(member_cal[m], Z[:, j]) for j, m in enumerate(members)])
-    comb = _fit_combiner(Zc[fitF], yF[fitF], members)
-    ok = np.isfinite(Zc).all(axis=1) & fitF
-    final_cal, cal_scores = _choose_final_calibration(_apply_combiner(comb, Zc[ok], members), yF[ok],
-                                                      F["speaker_id"].to_numpy()[ok], seed)
+    member_cal, comb, cal_scores = fit_stack(Z[fitF], yF[fitF], F["speaker_id"].to_numpy()[fitF], members, seed)
     summary_missing = {m: int((~np.isfinite(Z[:, j])).sum()) for j, m in enumerate(members)}
-    comb["calibration"] = final_cal
     # operating point (confidence threshold, disagreement spread) with the most files labelled at
     # >= 98.5% accuracy on every fitted condition pooled, by the inference rule; never chosen on
     # eval-only rows. Its honest estimate: each fold labelled at the point chosen on the others.
@@ -428,8 +459,9 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
     summary["files_without_member_output"] = summary_missing
 
     # ---- held-out corpus ----
+    H = None
     if heldout_corpus and meta["corpus"].nunique() > 1:
-        summary["heldout_corpus"] = heldout_corpus_eval(W, logmels, y, F, members, trained, member_cal, comb,
+        summary["heldout_corpus"], H = heldout_corpus_eval(W, logmels, y, F, members, trained, member_cal, comb,
                                                         ep, seed, has_original=bool(seed_model),
                                                         cache=cache, data_sig=oof_sig, fit_rows=fit_rows)
 
@@ -452,7 +484,9 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
                  model_card=card, model_card_md=model_card_md(card))
     if report:
         Path(report).mkdir(parents=True, exist_ok=True)
-        F.drop(columns=[], errors="ignore").to_parquet(Path(report) / "oof_files.parquet")
+        F.to_parquet(Path(report) / "oof_files.parquet")
+        if H is not None:
+            H.to_parquet(Path(report) / "heldout_files.parquet")
         (Path(report) / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
     _log(f"bundle written to {out} in {time.time() - t0:.0f} s")
     return summary
@@ -513,11 +547,15 @@ def operating_point_table(F: pd.DataFrame, fit_variants=None) -> list[dict]:
 
 def heldout_corpus_eval(W, logmels, y, F, members, trained, member_cal, comb, ep, seed, *, has_original,
                         cache, data_sig, fit_rows=None):
-    """Train the audio members on two corpora, test on the third (calibration/combiner from k-fold OOF)."""
+    """Train the audio members on two corpora, test on the third (calibration/combiner from k-fold OOF).
+
+    Returns the metric rows, and the held-out files' raw member logits (:func:`member_table`: each
+    corpus predicted by audio members trained on the other corpora only).
+    """
     from grv_batch.training import members as M
 
     fit_rows = np.ones(len(W), bool) if fit_rows is None else fit_rows
-    rows = []
+    rows, held = [], []
     for c in sorted(W["corpus"].unique()):
         corpus = W["corpus"].to_numpy()
         tr, te = np.nonzero((corpus != c) & fit_rows)[0], np.nonzero(corpus == c)[0]
@@ -538,13 +576,9 @@ def heldout_corpus_eval(W, logmels, y, F, members, trained, member_cal, comb, ep
         Zte["voice_profile"] = _memo(cache, f"hoc-vp-{c}-{_sig(data_sig, ep['voice_profile'], M.VP_BAG)}", _vp)
         Zte["frames"] = _memo(cache, f"hoc-fr-{c}-{_sig(data_sig, ep['frames'])}", _fr)
         Wte = W.iloc[te].reset_index(drop=True)
-        G = None
-        for m in members:
-            g = file_level(Wte, cal.apply(member_cal[m], Zte[m]))
-            if G is None:
-                G = g.rename(columns={"z": f"zc_{m}"})
-            else:
-                G[f"zc_{m}"] = g["z"].to_numpy()
+        held.append(member_table(Wte, Zte, members))
+        G = member_table(Wte, {m: cal.apply(member_cal[m], Zte[m]) for m in members}, members)
+        G = G.rename(columns={f"z_{m}": f"zc_{m}" for m in members})
         Zc = G[[f"zc_{m}" for m in members]].to_numpy()
         G["p_ensemble"] = cal.sigmoid(_ensemble_logit(comb, comb.get("calibration"), Zc, members))
         for m in members:
@@ -557,7 +591,7 @@ def heldout_corpus_eval(W, logmels, y, F, members, trained, member_cal, comb, ep
                 m = binary_metrics(yy, g[col].to_numpy())
                 rows.append({"heldout_corpus": c, "variant": variant, "model": name, "n": m["n"],
                              "accuracy": m["accuracy"], "ece": m["ece"]})
-    return rows
+    return rows, pd.concat(held, ignore_index=True)
 
 
 def model_card(meta, variants, members, summary, folds, seed) -> dict:
