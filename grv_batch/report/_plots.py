@@ -23,9 +23,34 @@ THRESHOLDS = np.round(np.linspace(0.5, 1.0, 51), 3)
 
 
 def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+    # no layout engine: constrained layout drew every figure twice and measured every tick label,
+    # most of the report's time; the figures place their axes with fixed margins instead
+    fig = Figure(figsize=(width, height), dpi=_DPI)
     FigureCanvasAgg(fig)
     return fig
+
+
+def _margins(fig: Figure, *, left: float, bottom: float, top: float, right: float = 0.15,
+             wspace: float = 0.0, hspace: float = 0.0) -> None:
+    """Place the subplots with margins and gaps given in inches."""
+    w, h = fig.get_size_inches()
+    ncols, nrows = len(fig.axes) or 1, 1
+    if fig.axes:
+        nrows, ncols = fig.axes[0].get_subplotspec().get_gridspec().get_geometry()
+    axes_w = (w - left - right - wspace * (ncols - 1)) / ncols
+    axes_h = (h - top - bottom - hspace * (nrows - 1)) / nrows
+    fig.subplots_adjust(left=left / w, right=1 - right / w, bottom=bottom / h, top=1 - top / h,
+                        wspace=wspace / axes_w, hspace=hspace / axes_h)
+
+
+def _text_width_in(labels: list[str], size: float) -> float:
+    """Width in inches of the widest of ``labels`` at font ``size`` (points)."""
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.textpath import TextToPath
+
+    props, measure = FontProperties(size=size), TextToPath()
+    widths = [measure.get_text_width_height_descent(t, props, ismath=False)[0] for t in labels]
+    return max(widths, default=0.0) / 72.0
 
 
 def to_img(fig: Figure, alt: str) -> str:
@@ -65,7 +90,9 @@ def bars(table: pd.DataFrame, metrics: list[str], order: list[str], overall: dic
         ax.set_xlim(0, 1.0 if top <= 1.0 else top * 1.05)
         ax.grid(axis="x", alpha=0.3)
         ax.tick_params(labelsize=8)
-    axes[0].set_yticks(ypos, [_short(g) for g in order])
+    labels = [_short(g) for g in order]
+    axes[0].set_yticks(ypos, labels)
+    _margins(fig, left=1.05 * _text_width_in(labels, 8) + 0.25, bottom=0.4, top=0.3, right=0.2, wspace=0.25)
     return fig
 
 
@@ -118,6 +145,7 @@ def reliability(
         axh.tick_params(labelsize=8)
     else:
         ax.set_xlabel("predicted P(male)", fontsize=9)
+    _margins(fig, left=0.75, bottom=0.5, top=0.1, hspace=0.1)
     return fig
 
 
@@ -153,6 +181,7 @@ def threshold_curves(curves: list[tuple[str, np.ndarray, np.ndarray | None]], *,
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, frameon=False, loc="lower left")
         ax.tick_params(labelsize=8)
+        _margins(fig, left=0.45, bottom=0.5, top=0.1)
         return fig
     panels = ["accuracy", "coverage"] if with_acc else ["coverage"]
     fig = _figure(4.4 * len(panels), 3.4)
@@ -168,4 +197,5 @@ def threshold_curves(curves: list[tuple[str, np.ndarray, np.ndarray | None]], *,
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=8)
     axes[-1].legend(fontsize=7, frameon=False, loc="lower left")
+    _margins(fig, left=0.45, bottom=0.5, top=0.3, wspace=0.45)
     return fig
