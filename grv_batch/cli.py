@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -46,8 +47,33 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+class CtrlCFlag:
+    """Set by the Ctrl-C handler, read by the run between batches: the ``set`` / ``is_set`` /
+    ``wait`` of :class:`threading.Event` without its lock.
+
+    A signal handler runs in the main thread between two bytecodes, also while that thread is
+    inside ``Event.wait`` holding the event's lock: ``Event.set`` from the handler then waits for
+    that lock forever (a run froze after Ctrl-C this way). Setting a plain attribute takes no
+    lock; ``wait`` sleeps, and a Ctrl-C interrupts the sleep.
+    """
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def wait(self, timeout: float) -> bool:
+        if not self._set:
+            time.sleep(timeout)
+        return self._set
+
+
 @contextlib.contextmanager
-def _ctrl_c_sets(event: threading.Event):
+def _ctrl_c_sets(event: CtrlCFlag):
     """Ctrl-C raises ``KeyboardInterrupt`` as usual and also sets ``event``, which the run checks
     between batches.
 
@@ -120,7 +146,7 @@ def run(
         console.print("[yellow]--workers is ignored: the named scheduler's workers run the job[/yellow]")
     secrets = [*secret_values(spec.storage_options), *url_secrets(input), *url_secrets(out),
                *url_secrets(metadata or "")]
-    interrupted = threading.Event()
+    interrupted = CtrlCFlag()
     try:
         with _ctrl_c_sets(interrupted):
             plan = runner.plan_run(input, out, spec, metadata_url=metadata, console=console)

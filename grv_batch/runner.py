@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow as pa
 from rich.markup import escape
@@ -36,6 +36,14 @@ MIN_BATCH_AUDIO_S = 10.0
 SINGLE_FILE_ATTEMPTS = 2  # one-file tasks whose worker died, before the file is declared dead
 SAME_FAILURE_STOPS_RUN = 3  # planned batches failing alike, none having worked: stop the run
 RUN_FILE = "_run.json"
+
+
+class StopSignal(Protocol):
+    """What :func:`run_job` polls to stop early: the reading half of :class:`threading.Event`."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float) -> bool: ...
 
 
 class OutputConflict(Exception):
@@ -431,7 +439,7 @@ def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = No
 
 def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | None = None,
             console=None, progress: bool = True, plan: RunPlan | None = None,
-            stop: threading.Event | None = None) -> RunSummary:
+            stop: StopSignal | None = None) -> RunSummary:
     """Run ``job`` over every audio file under ``input_url`` and write the tables to ``out_url``.
 
     Parameters
@@ -452,7 +460,8 @@ def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | No
     stop
         Checked before the first batch, every 0.2 s while batches run and after the last: once
         set, the run raises ``KeyboardInterrupt`` (the finished batches are kept and a rerun
-        resumes). The CLI sets it on Ctrl-C.
+        resumes). A :class:`threading.Event`, or anything with its ``is_set()`` and
+        ``wait(timeout)``; the CLI passes a flag its Ctrl-C handler sets.
 
     Raises
     ------
@@ -561,7 +570,7 @@ def _start_report_imports(*, ground_truth: bool) -> threading.Thread:
 
 def _execute(client, tasks: list[BatchTask], *, job, layout: OutputLayout,
              options: Mapping[str, Any], console, progress: bool,
-             stop: threading.Event | None = None) -> list[dict[str, Any]]:
+             stop: StopSignal | None = None) -> list[dict[str, Any]]:
     """Submit every task, follow them with a progress bar, and recover from failed tasks.
 
     A task whose workers keep dying (``KilledWorker``) or that raises after its retries is split
@@ -686,7 +695,7 @@ def _execute(client, tasks: list[BatchTask], *, job, layout: OutputLayout,
     return records
 
 
-def _until_stopped(completed, stop: threading.Event | None) -> Iterator[Any]:
+def _until_stopped(completed, stop: StopSignal | None) -> Iterator[Any]:
     """``completed``'s futures as they finish; ``KeyboardInterrupt`` within 0.2 s of ``stop``
     being set, also while a long batch runs (a Ctrl-C that Python lost: see run_job's ``stop``)."""
     while True:

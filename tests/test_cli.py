@@ -78,7 +78,7 @@ def test_a_ctrl_c_that_python_loses_in_a_destructor_still_stops_the_run():
 
     code = (
         "import signal, threading\n"
-        "from grv_batch.cli import _ctrl_c_sets\n"
+        "from grv_batch.cli import CtrlCFlag, _ctrl_c_sets\n"
         "class Dropped:\n"
         "    def __del__(self):\n"
         # to the main thread itself (os.kill may land on another thread, and the main thread then
@@ -86,7 +86,7 @@ def test_a_ctrl_c_that_python_loses_in_a_destructor_still_stops_the_run():
         "        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)\n"
         "        for _ in range(1000):\n"
         "            pass\n"
-        "stop = threading.Event()\n"
+        "stop = CtrlCFlag()\n"
         "with _ctrl_c_sets(stop):\n"
         "    Dropped()\n"
         "    print('went on; stop is set:', stop.is_set())\n"
@@ -97,6 +97,34 @@ def test_a_ctrl_c_that_python_loses_in_a_destructor_still_stops_the_run():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "went on; stop is set: True"
     assert "KeyboardInterrupt" not in proc.stderr and "Exception ignored" not in proc.stderr
+
+
+def test_ctrl_c_while_the_run_polls_its_stop_flag_never_freezes_it():
+    """The run polls the flag the Ctrl-C handler sets (``stop.wait(0.2)`` between batches). With a
+    ``threading.Event`` a Ctrl-C landing while ``Event.wait`` held the event's lock made the
+    handler's ``Event.set`` wait for that lock forever: about half of these 30 Ctrl-Cs froze."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal, threading, time\n"
+        "from grv_batch.cli import CtrlCFlag, _ctrl_c_sets\n"
+        "for i in range(30):\n"
+        "    stop = CtrlCFlag()\n"
+        "    threading.Timer(0.01 + 0.003 * i, os.kill, (os.getpid(), signal.SIGINT)).start()\n"
+        "    try:\n"
+        "        with _ctrl_c_sets(stop):\n"
+        "            while not stop.wait(0):\n"  # the tightest poll: the most chances to collide
+        "                pass\n"
+        "            raise KeyboardInterrupt\n"
+        "    except KeyboardInterrupt:\n"
+        "        assert stop.is_set()\n"
+        "print('30 stops')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          preexec_fn=sigint_as_in_a_terminal)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "30 stops"
 
 
 def test_a_lost_ctrl_c_stops_the_run_while_a_long_batch_is_still_running():
