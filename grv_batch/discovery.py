@@ -116,7 +116,7 @@ def discover(input_url: str, params: InputParams = InputParams(), *,
         is_file = exists and fs.isfile(root) and not (input_url.endswith("/") and fs.isdir(root))
         if is_file:
             found = {root: fs.info(root)}
-            root = posixpath.dirname(root)
+            root = posixpath.dirname(_without_query(root, protocol))
         elif exists:
             found = fs.find(root, detail=True, withdirs=False)
     except PermissionError as exc:
@@ -129,8 +129,10 @@ def discover(input_url: str, params: InputParams = InputParams(), *,
     files: list[AudioFile] = []
     unmatched = 0
     for path, info in found.items():
-        relative = posixpath.relpath(path, root) if root else path
-        name = posixpath.basename(path).lower()
+        # a signed URL's query string is a credential: read with it, never name the file by it
+        named = _without_query(path, protocol)
+        relative = posixpath.relpath(named, root) if root else named
+        name = posixpath.basename(named).lower()
         if not any(fnmatch.fnmatchcase(name, p) for p in patterns):
             unmatched += 1
             continue
@@ -146,6 +148,12 @@ def discover(input_url: str, params: InputParams = InputParams(), *,
         )
     return Corpus(input_url=input_url, root=root, files=files, protocol=protocol,
                   unmatched=unmatched)
+
+
+def _without_query(path: str, protocol: str) -> str:
+    """``path`` without an HTTP(S) URL's query string (``?X-Amz-Signature=...``); other
+    filesystems' names may hold a ``?``."""
+    return path.split("?", 1)[0] if protocol in ("http", "https") else path
 
 
 def load_metadata(url: str, *, input_url: str | None = None,

@@ -303,8 +303,9 @@ def is_local(fs) -> bool:
 
 
 def full_url(fs, path: str) -> str:
-    """``path`` of ``fs`` as the user would type it: ``s3://bucket/key``, or a local path."""
-    return path if is_local(fs) else f"{protocol(fs)}://{path}"
+    """``path`` of ``fs`` as the user would type it: ``s3://bucket/key``, or a local path (HTTP's
+    paths are whole URLs already)."""
+    return path if is_local(fs) or "://" in path else f"{protocol(fs)}://{path}"
 
 
 # --- Reading INPUT ------------------------------------------------------------------------------

@@ -268,3 +268,30 @@ def test_speaker_and_execution_settings_out_of_range_are_refused(overrides, key)
         load_job(overrides=overrides)
     assert key in str(err.value)
     assert load_job(overrides={"execution": {"memory_limit": "4GB"}}).execution.memory_limit == "4GB"
+
+
+def test_a_signed_http_url_is_read_with_its_query_and_named_without_it(tmp_path):
+    """A pre-signed URL (``...a.wav?X-Amz-Signature=...``) matches ``*.wav``, is read with its
+    query (the credential), and the tables name the file ``a.wav``, never the credential."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    import numpy as np
+    import soundfile as sf
+
+    sf.write(tmp_path / "a.wav", np.zeros(1600, np.float32), 16000)
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *args: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/a.wav?X-Amz-Signature=sigSECRET"
+        corpus = discover(url, InputParams())
+        assert [f.path for f in corpus.files] == ["a.wav"]
+        assert corpus.files[0].url == url  # what the workers open
+        with storage.filesystem(corpus.files[0].url, {})[0].open(corpus.files[0].url, "rb") as handle:
+            assert handle.read(4) == b"RIFF"
+        assert "sigSECRET" not in corpus.files[0].file_id + corpus.files[0].path
+    finally:
+        server.shutdown()
