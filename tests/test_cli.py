@@ -68,14 +68,22 @@ def test_storage_failures_are_told_apart_from_bugs():
     assert not is_storage_error(ValueError("a bug")) and not is_storage_error(KeyError("x"))
 
 
-def test_a_ctrl_c_that_python_loses_in_a_destructor_still_stops_the_run():
-    """Python raises Ctrl-C's KeyboardInterrupt wherever the main thread is, also inside a
-    ``__del__`` (as distributed's ``Future.__del__``), where it is only printed and lost: the run
-    went on to "Done". The CLI's handler keeps it in an event the run checks between batches, and
-    the lost copy is not printed."""
+def _python_as_in_a_terminal(code: str):
+    """Run ``code`` in a fresh interpreter with Ctrl-C delivered as in a terminal; it must succeed."""
     import subprocess
     import sys
 
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          preexec_fn=sigint_as_in_a_terminal)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_a_ctrl_c_that_python_loses_in_a_destructor_still_stops_the_run():
+    """Python raises Ctrl-C's KeyboardInterrupt wherever the main thread is, also inside a
+    ``__del__`` (as distributed's ``Future.__del__``), where it is only printed and lost: the run
+    went on to "Done". The CLI's handler keeps it in a flag the run checks between batches, and
+    the lost copy is not printed."""
     code = (
         "import signal, threading\n"
         "from grv_batch.cli import CtrlCFlag, _ctrl_c_sets\n"
@@ -92,9 +100,7 @@ def test_a_ctrl_c_that_python_loses_in_a_destructor_still_stops_the_run():
         "    print('went on; stop is set:', stop.is_set())\n"
         "assert signal.getsignal(signal.SIGINT) is signal.default_int_handler\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          preexec_fn=sigint_as_in_a_terminal)
-    assert proc.returncode == 0, proc.stderr
+    proc = _python_as_in_a_terminal(code)
     assert proc.stdout.strip() == "went on; stop is set: True"
     assert "KeyboardInterrupt" not in proc.stderr and "Exception ignored" not in proc.stderr
 
@@ -103,9 +109,6 @@ def test_ctrl_c_while_the_run_polls_its_stop_flag_never_freezes_it():
     """The run polls the flag the Ctrl-C handler sets (``stop.wait(0.2)`` between batches). With a
     ``threading.Event`` a Ctrl-C landing while ``Event.wait`` held the event's lock made the
     handler's ``Event.set`` wait for that lock forever: about half of these 30 Ctrl-Cs froze."""
-    import subprocess
-    import sys
-
     code = (
         "import os, signal, threading, time\n"
         "from grv_batch.cli import CtrlCFlag, _ctrl_c_sets\n"
@@ -121,10 +124,7 @@ def test_ctrl_c_while_the_run_polls_its_stop_flag_never_freezes_it():
         "        assert stop.is_set()\n"
         "print('30 stops')\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          preexec_fn=sigint_as_in_a_terminal)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "30 stops"
+    assert _python_as_in_a_terminal(code).stdout.strip() == "30 stops"
 
 
 def test_a_lost_ctrl_c_stops_the_run_while_a_long_batch_is_still_running():
