@@ -56,6 +56,7 @@ def compare(F: pd.DataFrame, H: pd.DataFrame, members: list[str], fold_of: dict[
             seed: int = 0) -> tuple[list[dict], list[dict]]:
     """Metric rows (held-out corpus, and k-fold cross-fitted) for each way of fitting the stack, and
     the combiner each way fits on all rows."""
+    F, H = F.reset_index(drop=True), H.reset_index(drop=True)  # rows are addressed by position
     rows = []
     for way in WAYS:
         p = np.full(len(H), np.nan)
@@ -97,8 +98,7 @@ def main(argv=None):
     F = pd.read_parquet(Path(a.report) / "oof_files.parquet")
     H = pd.read_parquet(Path(a.report) / "heldout_files.parquet")
     eval_only = json.loads((Path(a.report) / "summary.json").read_text()).get("eval_variants", [])
-    F = F[~F["variant"].isin(eval_only)].reset_index(drop=True)
-    H = H[~H["variant"].isin(eval_only)].reset_index(drop=True)
+    F, H = F[~F["variant"].isin(eval_only)], H[~H["variant"].isin(eval_only)]
     members = [c[2:] for c in F.columns if c.startswith("z_")]
     meta = pd.read_csv(a.metadata)
     meta["speaker_id"] = meta["speaker_id"].astype(str)
