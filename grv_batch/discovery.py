@@ -116,7 +116,7 @@ def discover(input_url: str, params: InputParams = InputParams(), *,
         is_file = exists and fs.isfile(root) and not (input_url.endswith("/") and fs.isdir(root))
         if is_file:
             found = {root: fs.info(root)}
-            root = posixpath.dirname(_without_query(root, protocol))
+            root = posixpath.dirname(storage.without_query(fs, root))
         elif exists:
             found = fs.find(root, detail=True, withdirs=False)
     except PermissionError as exc:
@@ -130,7 +130,7 @@ def discover(input_url: str, params: InputParams = InputParams(), *,
     unmatched = 0
     for path, info in found.items():
         # a signed URL's query string is a credential: read with it, never name the file by it
-        named = _without_query(path, protocol)
+        named = storage.without_query(fs, path)
         relative = posixpath.relpath(named, root) if root else named
         name = posixpath.basename(named).lower()
         if not any(fnmatch.fnmatchcase(name, p) for p in patterns):
@@ -148,12 +148,6 @@ def discover(input_url: str, params: InputParams = InputParams(), *,
         )
     return Corpus(input_url=input_url, root=root, files=files, protocol=protocol,
                   unmatched=unmatched)
-
-
-def _without_query(path: str, protocol: str) -> str:
-    """``path`` without an HTTP(S) URL's query string (``?X-Amz-Signature=...``); other
-    filesystems' names may hold a ``?``."""
-    return path.split("?", 1)[0] if protocol in ("http", "https") else path
 
 
 def load_metadata(url: str, *, input_url: str | None = None,

@@ -305,7 +305,15 @@ def is_local(fs) -> bool:
 def full_url(fs, path: str) -> str:
     """``path`` of ``fs`` as the user would type it: ``s3://bucket/key``, or a local path (HTTP's
     paths are whole URLs already)."""
-    return path if is_local(fs) or "://" in path else f"{protocol(fs)}://{path}"
+    if is_local(fs) or any(path.startswith(f"{p}://") for p in _protocols(fs)):
+        return path
+    return f"{protocol(fs)}://{path}"
+
+
+def without_query(fs, path: str) -> str:
+    """``path`` of ``fs`` without an HTTP(S) URL's query string (a pre-signed URL's credential,
+    ``?X-Amz-Signature=...``): what to name the file by. Other filesystems' names may hold a ``?``."""
+    return path.split("?", 1)[0] if {"http", "https"} & set(_protocols(fs)) else path
 
 
 # --- Reading INPUT ------------------------------------------------------------------------------
