@@ -73,21 +73,21 @@ class CtrlCFlag:
 
 
 @contextlib.contextmanager
-def _ctrl_c_sets(event: CtrlCFlag):
-    """Ctrl-C raises ``KeyboardInterrupt`` as usual and also sets ``event``, which the run checks
+def _ctrl_c_sets(flag: CtrlCFlag):
+    """Ctrl-C raises ``KeyboardInterrupt`` as usual and also sets ``flag``, which the run checks
     between batches.
 
     Python raises the interrupt between any two bytecodes of the main thread, also inside a
     ``__del__`` (distributed's ``Future.__del__`` runs each time the run drops a finished future).
-    There it is printed as "Exception ignored" and lost, and the run went on to "Done": the event
+    There it is printed as "Exception ignored" and lost, and the run went on to "Done": the flag
     keeps it, and the lost copy is not printed.
     """
     def on_sigint(signum, frame):
-        event.set()
+        flag.set()
         signal.default_int_handler(signum, frame)
 
     def unraisable(info, previous=sys.unraisablehook):
-        if not (event.is_set() and isinstance(info.exc_value, KeyboardInterrupt)):
+        if not (flag.is_set() and isinstance(info.exc_value, KeyboardInterrupt)):
             previous(info)
 
     if (threading.current_thread() is not threading.main_thread()

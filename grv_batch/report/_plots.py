@@ -34,9 +34,7 @@ def _margins(fig: Figure, *, left: float, bottom: float, top: float, right: floa
              wspace: float = 0.0, hspace: float = 0.0) -> None:
     """Place the subplots with margins and gaps given in inches."""
     w, h = fig.get_size_inches()
-    ncols, nrows = len(fig.axes) or 1, 1
-    if fig.axes:
-        nrows, ncols = fig.axes[0].get_subplotspec().get_gridspec().get_geometry()
+    nrows, ncols = fig.axes[0].get_subplotspec().get_gridspec().get_geometry() if fig.axes else (1, 1)
     axes_w = (w - left - right - wspace * (ncols - 1)) / ncols
     axes_h = (h - top - bottom - hspace * (nrows - 1)) / nrows
     fig.subplots_adjust(left=left / w, right=1 - right / w, bottom=bottom / h, top=1 - top / h,
