@@ -289,21 +289,41 @@ def plan_batches(files: Sequence[AudioFile], *, target_audio_s: float,
                  max_files: int) -> list[list[AudioFile]]:
     """Split sorted files into consecutive batches of about ``target_audio_s`` seconds of audio.
 
-    The split depends only on the file list, so a rerun over the same corpus makes the same batches
-    (and so the same shard names). A file longer than the target is a batch of its own.
+    Where a batch ends is decided by the file at the cut, not by its position in the list
+    (content-defined chunking, as rsync and restic cut files into blocks). Once a batch holds half
+    a batch's worth, it closes after a file whose id hashes below twice that file's share of a
+    batch; it is forced closed only before a file that would take it past twice the target or past
+    ``max_files``. A file's share is its estimated audio over ``target_audio_s``, or 2 /
+    ``max_files`` for very short clips, so batches hold about the target on average, or about
+    ``max_files / 2`` clips.
+
+    So the split depends only on the file list, and a rerun over the same corpus makes the same
+    batches (and so the same shard names); a file added or removed changes its own batch and, until
+    the cuts fall in step again, usually one more, and a resumed run skips the rest. A file
+    longer than the target is a batch of its own.
     """
     batches: list[list[AudioFile]] = []
     current: list[AudioFile] = []
-    current_s = 0.0
+    filled = 0.0  # of a batch's worth
     for f in files:
-        if current and (current_s + f.estimated_s > target_audio_s or len(current) >= max_files):
+        share = max(f.estimated_s / target_audio_s, 2 / max_files)
+        if current and (f.estimated_s >= target_audio_s or filled + share > 2
+                        or len(current) >= max_files):
             batches.append(current)
-            current, current_s = [], 0.0
+            current, filled = [], 0.0
         current.append(f)
-        current_s += f.estimated_s
+        filled += share
+        if filled >= 0.5 and _cut_draw(f) < 2 * share:
+            batches.append(current)
+            current, filled = [], 0.0
     if current:
         batches.append(current)
     return batches
+
+
+def _cut_draw(f: AudioFile) -> float:
+    """A number in [0, 1) fixed by the file's id: whether a batch may end after this file."""
+    return int(f.file_id[:13], 16) / 16**13
 
 
 def batch_id_for(files: Sequence[AudioFile]) -> str:

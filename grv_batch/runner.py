@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
+import math
 import os
 import platform
 import threading
@@ -334,6 +335,21 @@ def _clean_unfinished(fs, out: str, done: set[str]) -> int:
     return removed
 
 
+def batch_target_s(total_audio_s: float, batch_audio_s: float) -> float:
+    """Audio seconds per batch for a corpus of ``total_audio_s``: ``batch_audio_s``, or less for a
+    small corpus, so that every worker has work.
+
+    The target is ``batch_audio_s`` halved as often as it takes to make at least ``MIN_TASKS``
+    batches (but at least ``MIN_BATCH_AUDIO_S``). Halving in steps, rather than dividing the
+    total, keeps the target, and so the batches, the same when a corpus grows a little between
+    runs; it depends only on the corpus and the job, not on the number of workers.
+    """
+    if total_audio_s >= MIN_TASKS * batch_audio_s:
+        return batch_audio_s
+    halvings = math.ceil(math.log2(MIN_TASKS * batch_audio_s / max(total_audio_s, 1e-9)))
+    return max(batch_audio_s / 2**halvings, min(MIN_BATCH_AUDIO_S, batch_audio_s))
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -407,10 +423,7 @@ def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = No
                           member_names=members, compression=job.output.compression,
                           secrets=tuple(storage.secret_values(options)))
     _check_report_groups(job, layout, renamed)
-    # Small corpora get smaller tasks so every worker has work; the split depends only on the
-    # corpus and the job (not on the number of workers), so a rerun finds the same batches.
-    estimated_total = sum(f.estimated_s for f in corpus.files)
-    target = min(job.execution.batch_audio_s, max(estimated_total / MIN_TASKS, MIN_BATCH_AUDIO_S))
+    target = batch_target_s(sum(f.estimated_s for f in corpus.files), job.execution.batch_audio_s)
     batches = plan_batches(corpus.files, target_audio_s=target,
                            max_files=job.execution.max_files_per_batch)
     tasks = [BatchTask(batch_id=batch_id_for(b), files=tuple(b),

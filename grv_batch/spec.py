@@ -47,11 +47,13 @@ class ExecutionParams(Params):
     memory_limit
         Memory limit per local worker, as Dask understands it (``"auto"``, ``"2GiB"``).
     batch_audio_s
-        Target seconds of audio per task; each task writes one shard per table. A corpus of less
-        than 32 times this is split into up to 32 tasks (at least 10 s of audio each) so every
-        worker has work.
+        Target seconds of audio per task; each task writes one shard per table. Tasks hold about
+        this much on average, between half and twice as much (a longer file is a task of its
+        own). A corpus of less than 32 times this gets this halved until it makes at least 32
+        tasks (of at least 10 s of audio) so every worker has work.
     max_files_per_batch
-        Upper bound of files per task, for corpora of very short clips.
+        Upper bound of files per task, for corpora of very short clips (which get about half
+        as many per task on average).
     retries
         Times a failed task is retried (transient storage errors).
     dashboard_address

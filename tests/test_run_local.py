@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import soundfile as sf
 
-from conftest import BIN, MALE, grv, make_mixed_corpus, read_table, sigint_as_in_a_terminal
+from conftest import BIN, FEMALE, MALE, grv, make_mixed_corpus, read_table, sigint_as_in_a_terminal
 
 pytestmark = pytest.mark.slow
 
@@ -198,6 +199,38 @@ def _one_file_batches_run(tmp_path, *, broken: bool, seed: int) -> tuple[list[st
     cmd = [str(BIN / "grv-batch"), "run", str(corpus), "--out", str(out), "--job", str(job),
            "--workers", "1", "--no-progress"]
     return cmd, {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, out
+
+
+def test_a_changed_corpus_reruns_only_the_batches_it_touched(tmp_path, voice):
+    # 96 WAVs of 1 s in batches of about 10 s: had the sorted list been cut every 10 s, the file
+    # added in front would move the boundaries up to the one removed near the end
+    corpus = tmp_path / "corpus"
+    rng = np.random.default_rng(5)
+    for i in range(96):
+        (corpus / f"spk{i // 8:02d}").mkdir(parents=True, exist_ok=True)
+        f0, formants = MALE if i % 2 else FEMALE
+        sf.write(corpus / f"spk{i // 8:02d}" / f"{i:02d}.wav",
+                 voice(f0, formants, 16000, 1.0, rng), 16000, subtype="PCM_16")
+    job = tmp_path / "job.toml"
+    job.write_text("[execution]\nbatch_audio_s = 10.0\n")
+    out = tmp_path / "out"
+
+    def run() -> dict:
+        grv("run", str(corpus), "--out", str(out), "--job", str(job), "--workers", "1",
+            "--no-progress")
+        return json.loads((out / "_run.json").read_text())["batches"]
+
+    first = run()
+    shutil.copy(corpus / "spk05" / "41.wav", corpus / "spk00" / "00a.wav")  # second in order
+    (corpus / "spk11" / "90.wav").unlink()
+    second = run()
+    assert first["total"] >= 6, first
+    # the added file's batch and the removed file's, and at most one more after each
+    assert second["run_now"] <= 4 and second["skipped_as_done"] >= second["total"] - 4, second
+    files = read_table(out, "files")
+    listed = sorted(str(p.relative_to(corpus)) for p in corpus.glob("spk*/*.wav"))
+    assert sorted(files["path"]) == listed and files["file_id"].is_unique
+    assert sorted(read_table(out, "predictions")["path"]) == listed
 
 
 def test_interrupted_run_resumes_exactly_once(tmp_path):

@@ -5,11 +5,12 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from grv_batch import storage
-from grv_batch.discovery import (InputError, InputParams, batch_id_for, discover, file_id_for,
+from grv_batch.discovery import (AudioFile, InputError, InputParams, batch_id_for, discover, file_id_for,
                                  join_metadata, load_metadata, plan_batches)
 from grv_batch.spec import JobError, JobSpec, load_job
 
@@ -190,9 +191,55 @@ def test_batches_are_deterministic_and_balanced(tmp_path):
     assert sum(len(b) for b in batches) == len(files)
     assert [f.path for b in batches for f in b] == [f.path for f in files]
     assert any(len(b) == 1 and b[0].path == "long.wav" for b in batches)
-    assert all(sum(f.estimated_s for f in b) <= 10 or len(b) == 1 for b in batches)
+    assert all(sum(f.estimated_s for f in b) <= 2 * 10 or len(b) == 1 for b in batches)
     again = plan_batches(discover(str(tmp_path)).files, target_audio_s=10, max_files=100)
     assert [batch_id_for(b) for b in again] == [batch_id_for(b) for b in batches]
+
+
+def _corpus_of(paths_and_seconds) -> list[AudioFile]:
+    return sorted((AudioFile(file_id=file_id_for(p), path=p, url=p, size=int(s * 32_000))
+                   for p, s in paths_and_seconds), key=lambda f: f.path)
+
+
+@pytest.mark.parametrize("seconds, max_files", [((2.0, 30.0), 200), ((0.5, 2.0), 200),
+                                                ((2.0, 30.0), 20)])
+def test_a_file_added_or_removed_changes_few_batches(seconds, max_files):
+    # Batches end where the files say, not at fixed positions in the sorted list: after one
+    # file is added or removed, nearly every batch keeps its id, so a resumed run skips it.
+    rng = np.random.default_rng(7)
+    names = [f"spk{i // 10:03d}/{i:05d}.wav" for i in range(0, 4000, 2)]
+    files = _corpus_of((p, rng.uniform(*seconds)) for p in names)
+    before = plan_batches(files, target_audio_s=300, max_files=max_files)
+    ids = {batch_id_for(b) for b in before}
+    assert len(before) >= 15
+    sizes = [sum(f.estimated_s for f in b) for b in before[:-1]]
+    counts = [len(b) for b in before]
+    if max_files == 200 and seconds[0] >= 2:
+        assert 200 < np.mean(sizes) < 400 and max(sizes) <= 600  # about the target, at most twice
+    assert max(counts) <= max_files
+    changed = []
+    for trial in range(20):
+        j = int(rng.integers(len(files)))
+        added = files[j].path.replace(".wav", "a.wav")  # sorts right after files[j]
+        for after in (_corpus_of([*((f.path, f.estimated_s) for f in files),
+                                  (added, rng.uniform(*seconds))]),
+                      files[:j] + files[j + 1:]):
+            batches = plan_batches(after, target_audio_s=300, max_files=max_files)
+            assert [f.path for b in batches for f in b] == [f.path for f in after]
+            changed.append(sum(batch_id_for(b) not in ids for b in batches))
+    # the previous split rebuilt the batch of the change and every batch after it
+    assert max(changed) <= 4 and np.mean(changed) <= 2, changed
+
+
+def test_batch_target_halves_in_steps_for_small_corpora():
+    from grv_batch.runner import MIN_TASKS, batch_target_s
+
+    assert batch_target_s(10 * 3600, 300.0) == 300.0
+    assert batch_target_s(MIN_TASKS * 300.0 - 1, 300.0) == 150.0
+    assert batch_target_s(1000.0, 300.0) == 300.0 / 16  # 53 batches' worth, at least 32
+    assert batch_target_s(1050.0, 300.0) == batch_target_s(1000.0, 300.0)  # a little growth
+    assert batch_target_s(60.0, 300.0) == 10.0  # the smallest batch
+    assert batch_target_s(60.0, 4.0) == 4.0  # never above the job's own target
 
 
 def test_storage_options_parse_and_redact():
