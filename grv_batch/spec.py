@@ -48,12 +48,13 @@ class ExecutionParams(Params):
         Memory limit per local worker, as Dask understands it (``"auto"``, ``"2GiB"``).
     batch_audio_s
         Target seconds of audio per task; each task writes one shard per table. Tasks hold about
-        this much on average, between half and twice as much (a longer file is a task of its
-        own). A corpus of less than 32 times this gets this halved until it makes at least 32
-        tasks (of at least 10 s of audio) so every worker has work.
+        this much on average and at most twice as much (a longer file is a task of its own; the
+        task before it, and one ended by ``max_files_per_batch``, may hold less than half). A
+        corpus of less than 32 times this gets it halved until it makes at least 32 tasks (of at
+        least 10 s of audio) so every worker has work.
     max_files_per_batch
-        Upper bound of files per task, for corpora of very short clips (which get about half
-        as many per task on average).
+        Upper bound of files per task, for corpora of very short clips (which get about half as
+        many per task on average, and one each when this is below 5).
     retries
         Times a failed task is retried (transient storage errors).
     dashboard_address
@@ -68,7 +69,7 @@ class ExecutionParams(Params):
     workers: int | None = Field(default=None, ge=1)
     threads_per_worker: int = Field(default=1, ge=1)
     memory_limit: str = "auto"
-    batch_audio_s: float = Field(default=300.0, gt=0)
+    batch_audio_s: float = Field(default=300.0, gt=0, le=1e9, allow_inf_nan=False)
     max_files_per_batch: int = Field(default=200, ge=1)
     retries: int = Field(default=2, ge=0)
     dashboard_address: str = ":8787"

@@ -311,7 +311,7 @@ def test_a_file_that_kills_every_worker_becomes_an_error_row(tmp_path):
     corpus = tmp_path / "corpus"
     meta = make_mixed_corpus(corpus, n_voices=6, broken=False)
     job = tmp_path / "big-batches.toml"
-    job.write_text("[execution]\nbatch_audio_s = 10000.0\n")  # the poison file shares its batch
+    job.write_text("[execution]\nbatch_audio_s = 10000.0\n")  # several files a batch (10 s each)
     out = tmp_path / "out"
     proc = grv("run", str(corpus), "--out", str(out), "--metadata", str(meta), "--job", str(job),
                "--workers", "2", "--no-progress",

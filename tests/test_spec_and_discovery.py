@@ -309,6 +309,7 @@ def test_metadata_paths_as_absolute_paths_or_file_urls_match_a_local_input(tmp_p
     ({"speakers": {"confidence_threshold": 2.0}}, "[speakers].confidence_threshold"),
     ({"speakers": {"disagreement": -1}}, "[speakers].disagreement"),
     ({"execution": {"memory_limit": "lots"}}, "[execution].memory_limit"),
+    ({"execution": {"batch_audio_s": float("inf")}}, "[execution].batch_audio_s"),
 ])
 def test_speaker_and_execution_settings_out_of_range_are_refused(overrides, key):
     with pytest.raises(JobError) as err:
