@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import os
 import posixpath
 import stat
@@ -326,9 +327,27 @@ def _cut_draw(f: AudioFile) -> float:
     return int(f.file_id[:13], 16) / 16**13
 
 
-def batch_id_for(files: Sequence[AudioFile]) -> str:
-    """Deterministic id of a batch: a hash of its file ids."""
-    digest = hashlib.blake2b(digest_size=8)
+#: Changes whenever what a batch id stands for changes (see :func:`batch_id_for`).
+BATCH_ID_SALT = b"batches-2"
+
+
+def batch_id_for(files: Sequence[AudioFile],
+                 metadata: Sequence[Mapping[str, Any] | None] | None = None, *,
+                 metadata_columns: str = "") -> str:
+    """Deterministic id of a batch: a hash of its file ids and, in a run with metadata, of what
+    the batch carries into ``predictions``: ``metadata[i]``, the row of ``files[i]`` (None for a
+    file without one), and ``metadata_columns``, the carried columns and their types.
+
+    A batch with a completion record under its id is done, so a metadata row edited, added or
+    removed reruns the batch of its file, and a column added or retyped reruns every batch.
+    """
+    # the salt names this scheme: batches of outputs written before it (cut at other places,
+    # ids without metadata) never pass for done, so those outputs rerun whole once
+    digest = hashlib.blake2b(digest_size=8, salt=BATCH_ID_SALT)
     for f in files:
         digest.update(f.file_id.encode())
+    if metadata is not None:
+        digest.update(b"\x00" + metadata_columns.encode())
+        for row in metadata:
+            digest.update(b"\x00" + json.dumps(row, sort_keys=True, default=str).encode())
     return digest.hexdigest()

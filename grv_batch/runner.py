@@ -154,37 +154,31 @@ def dask_client(execution, *, console=None) -> Iterator[Any]:
 # --------------------------------------------------------------------------- output ownership
 
 
-def _prepare_out(fs, out: str, job, *, input_url: str, model_sha256: str,
-                 metadata_sha256: str | None = None,
-                 metadata_sha256_as_read: str | None = None) -> bool:
+def _prepare_out(fs, out: str, job, *, input_url: str, model_sha256: str) -> bool:
     """Check that OUT is ours (or new) and record the job in it. Returns True when resuming.
 
-    The identity is the job's result-changing settings, the model bundle's manifest hash, INPUT
-    and the metadata's content (its columns are written into ``predictions``), so a resumed run
-    never mixes outputs of two different jobs. ``--overwrite`` replaces only an earlier
-    grv-batch output: a folder without ``_job.json`` holds files grv-batch did not write.
+    The identity is the job's result-changing settings, the model bundle's manifest hash and
+    INPUT, so a resumed run never mixes outputs of two different jobs. The metadata is not part
+    of it: a batch's id covers its files' metadata rows (:func:`batch_id_for`), so a resumed run
+    with edited or extended metadata reruns the batches whose rows changed. ``--overwrite``
+    replaces only an earlier grv-batch output: a folder without ``_job.json`` holds files
+    grv-batch did not write.
     """
     job_path = storage.join(out, JOB_FILE)
     shown = storage.full_url(fs, out)  # s3://bucket/..., not bucket/...
     fingerprint = f"{job.fingerprint()}-{model_sha256[:8]}"
-    record = {"fingerprint": fingerprint, "input": storage.location(input_url),
-              "metadata_sha256": metadata_sha256}
+    record = {"fingerprint": fingerprint, "input": storage.location(input_url)}
     if storage.exists(fs, job_path):
         existing = storage.read_json(fs, job_path)
         if isinstance(existing.get("input"), str):  # outputs of 0.3 and before kept it as typed
             existing["input"] = storage.location(existing["input"])
-        # outputs written before the metadata was recorded have no key: nothing to compare
+        # keys an older output's record lacks are not compared (and keys it has beyond these,
+        # like the metadata digest of outputs before batch ids covered metadata, are ignored)
         differs = [k for k, v in record.items() if existing.get(k, v) != v]
         if not differs:
             return True
         if not job.output.overwrite:
-            if differs == ["metadata_sha256"] and existing["metadata_sha256"] == metadata_sha256_as_read:
-                raise OutputConflict(
-                    f"OUT {shown} was written by an earlier grv-batch, which left out the metadata "
-                    f"columns named like its own outputs; they are now carried as meta_<name>, so "
-                    f"this output cannot be resumed: pass --overwrite to redo it, or choose another OUT")
-            what = {"fingerprint": "a different job", "input": "a different input",
-                    "metadata_sha256": "a run with other metadata"}[differs[0]]
+            what = {"fingerprint": "a different job", "input": "a different input"}[differs[0]]
             raise OutputConflict(
                 f"OUT {shown} holds the output of {what} (job {existing.get('fingerprint')}, input "
                 f"{existing.get('input')}); choose another OUT or pass --overwrite to replace it")
@@ -258,17 +252,6 @@ def _check_out_apart_from_input(input_url: str, out_url: str, options: Mapping[s
     if in_path == out_path or in_path.startswith(out_dir):
         raise OutputConflict(f"OUT {out_url} is INPUT or a folder that contains it; choose an OUT "
                              f"outside {input_url}")
-
-
-def _metadata_digest(metadata) -> str | None:
-    """sha256 of a metadata table's columns and values (None without metadata)."""
-    if metadata is None:
-        return None
-    import pandas as pd
-
-    h = hashlib.sha256("\x1f".join(map(str, metadata.columns)).encode())
-    h.update(pd.util.hash_pandas_object(metadata, index=False).to_numpy().tobytes())
-    return h.hexdigest()
 
 
 def _check_report_groups(job, layout: OutputLayout, renamed: Mapping[str, str] | None = None) -> None:
@@ -392,7 +375,7 @@ def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = No
     corpus = discover(input_url, job.input, storage_options=options)
     metadata = (load_metadata(metadata_url, input_url=input_url, storage_options=options)
                 if metadata_url else None)
-    raw_metadata, renamed = metadata, {}
+    renamed: dict[str, str] = {}
     if metadata is not None:
         metadata, renamed = rename_metadata_clashes(metadata)
         if renamed:
@@ -411,10 +394,7 @@ def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = No
             f"with: predictions may be less accurate than docs/models.md reports[/yellow]")
     try:
         fs, out = storage.filesystem(out_url, options)
-        digest = _metadata_digest(metadata)
-        resuming = _prepare_out(fs, out, typed_job, input_url=input_url, model_sha256=model_sha256,
-                                metadata_sha256=digest,
-                                metadata_sha256_as_read=_metadata_digest(raw_metadata) if renamed else digest)
+        resuming = _prepare_out(fs, out, typed_job, input_url=input_url, model_sha256=model_sha256)
     except OutputConflict:
         raise
     except Exception as exc:  # noqa: BLE001 - an unreachable endpoint, bad credentials...
@@ -426,8 +406,13 @@ def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = No
     target = batch_target_s(sum(f.estimated_s for f in corpus.files), job.execution.batch_audio_s)
     batches = plan_batches(corpus.files, target_audio_s=target,
                            max_files=job.execution.max_files_per_batch)
-    tasks = [BatchTask(batch_id=batch_id_for(b), files=tuple(b),
-                       metadata=tuple(joined.by_path.get(f.path) for f in b)) for b in batches]
+    columns = ",".join(f"{f.name}:{f.type}" for f in layout.metadata_schema)
+    tasks = []
+    for b in batches:
+        rows = tuple(joined.by_path.get(f.path) for f in b)
+        tasks.append(BatchTask(batch_id=batch_id_for(b, rows if metadata is not None else None,
+                                                     metadata_columns=columns),
+                               files=tuple(b), metadata=rows))
     recorded = {n[:-len(".json")] for n in storage.list_names(fs, storage.join(out, BATCHES_DIR))
                 if n.endswith(".json") and "." not in n[:-len(".json")]}
     # a batch is done when its completion record is there and so are its rows (in one shard, or

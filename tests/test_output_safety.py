@@ -1,9 +1,11 @@
 """OUT is never the input's folder, ``--overwrite`` never deletes what grv-batch did not write, and
-a rerun with other metadata is another job. All checked by planning alone (no cluster)."""
+a rerun with other metadata reruns the batches it changes. All checked by planning alone (no
+cluster)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -78,22 +80,42 @@ def test_overwrite_removes_what_grv_batch_wrote_and_nothing_else(corpus, tmp_pat
     assert json.loads((out / "_job.json").read_text())["job"]["features"]["n_mfcc"] == 13
 
 
-def test_other_metadata_over_the_same_out_is_another_job(corpus, tmp_path):
-    folder, meta = corpus
+def _finish_every_batch(plan) -> None:
+    """Leave what a finished run leaves for each planned batch: its completion record and rows."""
+    for folder in ("_batches", "files"):
+        (Path(plan.out_url) / folder).mkdir(exist_ok=True)
+    for t in plan.tasks:
+        (Path(plan.out_url) / "_batches" / f"{t.batch_id}.json").write_text("{}")
+        (Path(plan.out_url) / "files" / f"part-{t.batch_id}.parquet").write_text("")
+
+
+def test_edited_or_extended_metadata_reruns_only_the_batches_whose_rows_changed(tmp_path):
+    folder = tmp_path / "audio"
+    meta = make_mixed_corpus(folder, n_voices=6, broken=False)
     out = tmp_path / "out"
-    assert not plan_run(str(folder), str(out), JobSpec()).resuming
-    assert plan_run(str(folder), str(out), JobSpec()).resuming
-    with pytest.raises(OutputConflict, match="other metadata"):
-        plan_run(str(folder), str(out), JobSpec(), metadata_url=str(meta))
-    replaced = plan_run(str(folder), str(out), JobSpec.model_validate({"output": {"overwrite": True}}),
-                        metadata_url=str(meta))
-    assert not replaced.resuming
-    assert plan_run(str(folder), str(out), JobSpec(), metadata_url=str(meta)).resuming
-    edited = pd.read_csv(meta)
-    edited.loc[0, "gender"] = "male" if edited.loc[0, "gender"] == "female" else "female"
-    edited.to_csv(meta, index=False)
-    with pytest.raises(OutputConflict, match="other metadata"):
-        plan_run(str(folder), str(out), JobSpec(), metadata_url=str(meta))
+    job = JobSpec.model_validate({"execution": {"max_files_per_batch": 1}})  # a batch a file
+
+    def plan(**kwargs):
+        return plan_run(str(folder), str(out), job, **kwargs)
+
+    def rerun(**kwargs) -> list[str]:
+        again = plan(**kwargs)
+        assert again.resuming
+        return [t.files[0].path for t in again.tasks if t.batch_id not in again.done]
+
+    _finish_every_batch(plan(metadata_url=str(meta)))
+    assert rerun(metadata_url=str(meta)) == []
+    rows = pd.read_csv(meta)
+    rows.loc[0, "gender"] = "male" if rows.loc[0, "gender"] == "female" else "female"
+    rows.to_csv(meta, index=False)
+    assert rerun(metadata_url=str(meta)) == [rows.loc[0, "path"]]
+    rows.iloc[[0, 2, 3, 4, 5]].to_csv(meta, index=False)  # row 1 removed: file 1 has none now
+    assert rerun(metadata_url=str(meta)) == [rows.loc[0, "path"], rows.loc[1, "path"]]
+    # a new column goes into every file's predictions row: every batch reruns
+    rows.assign(accent="scottish").to_csv(meta, index=False)
+    assert plan(metadata_url=str(meta)).done == set()
+    # and so does a run without metadata, whose predictions have no metadata columns at all
+    assert plan().done == set()
 
 
 def test_a_relative_out_reaches_workers_as_an_absolute_path(corpus, tmp_path, monkeypatch):
@@ -217,23 +239,12 @@ def test_a_dotted_storage_option_overrides_one_nested_key():
         "key": "k", "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000", "region_name": "eu-west-1"}}
 
 
-def test_outputs_of_versions_that_dropped_clashing_metadata_columns_say_why_they_cannot_resume(
-        corpus, tmp_path):
-    from grv_batch.discovery import load_metadata
-    from grv_batch.runner import _metadata_digest
-
+def test_a_report_group_naming_a_renamed_metadata_column_says_what_to_name(corpus, tmp_path):
     folder, meta = corpus
     clash = tmp_path / "clash.csv"
     pd.read_csv(meta).assign(duration_s=1.0).to_csv(clash, index=False)
-    out = tmp_path / "out"
-    plan_run(str(folder), str(out), JobSpec(), metadata_url=str(clash))
-    record = json.loads((out / "_job.json").read_text())
-    record["metadata_sha256"] = _metadata_digest(load_metadata(str(clash), input_url=str(folder)))
-    (out / "_job.json").write_text(json.dumps(record))  # as the earlier version recorded it
-    with pytest.raises(OutputConflict, match="earlier grv-batch.*meta_<name>.*--overwrite"):
-        plan_run(str(folder), str(out), JobSpec(), metadata_url=str(clash))
     with pytest.raises(InputError, match="'duration_s'.*carried as 'meta_duration_s'"):
-        plan_run(str(folder), str(tmp_path / "out2"),
+        plan_run(str(folder), str(tmp_path / "out"),
                  JobSpec.model_validate({"report": {"groups": ["duration_s"]}}), metadata_url=str(clash))
 
 

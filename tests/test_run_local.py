@@ -203,7 +203,8 @@ def _one_file_batches_run(tmp_path, *, broken: bool, seed: int) -> tuple[list[st
 
 def test_a_changed_corpus_reruns_only_the_batches_it_touched(tmp_path, voice):
     # 96 WAVs of 1 s in batches of about 10 s: had the sorted list been cut every 10 s, the file
-    # added in front would move the boundaries up to the one removed near the end
+    # added in front would move the boundaries up to the one removed near the end. The metadata
+    # follows the corpus, and one of its rows is corrected.
     corpus = tmp_path / "corpus"
     rng = np.random.default_rng(5)
     for i in range(96):
@@ -213,11 +214,18 @@ def test_a_changed_corpus_reruns_only_the_batches_it_touched(tmp_path, voice):
                  voice(f0, formants, 16000, 1.0, rng), 16000, subtype="PCM_16")
     job = tmp_path / "job.toml"
     job.write_text("[execution]\nbatch_audio_s = 10.0\n")
-    out = tmp_path / "out"
+    out, meta = tmp_path / "out", tmp_path / "meta.csv"
 
     def run() -> dict:
+        listed = sorted(str(p.relative_to(corpus)) for p in corpus.glob("spk*/*.wav"))
+        rows = pd.DataFrame({"path": listed, "gender": [
+            "male" if int(p.split("/")[1][:2]) % 2 else "female" for p in listed]})
+        rows.loc[rows["path"] == "spk06/50.wav", "gender"] = "unknown"  # corrected in run 2
+        if out.exists():
+            rows.loc[rows["path"] == "spk06/50.wav", "gender"] = "female"
+        rows.to_csv(meta, index=False)
         grv("run", str(corpus), "--out", str(out), "--job", str(job), "--workers", "1",
-            "--no-progress")
+            "--metadata", str(meta), "--no-progress")
         return json.loads((out / "_run.json").read_text())["batches"]
 
     first = run()
@@ -225,12 +233,16 @@ def test_a_changed_corpus_reruns_only_the_batches_it_touched(tmp_path, voice):
     (corpus / "spk11" / "90.wav").unlink()
     second = run()
     assert first["total"] >= 6, first
-    # the added file's batch and the removed file's, and at most one more after each
-    assert second["run_now"] <= 4 and second["skipped_as_done"] >= second["total"] - 4, second
+    # the batches of the added, the removed and the corrected file, and at most one more after
+    # each of the first two
+    assert second["run_now"] <= 5 and second["skipped_as_done"] >= second["total"] - 5, second
     files = read_table(out, "files")
     listed = sorted(str(p.relative_to(corpus)) for p in corpus.glob("spk*/*.wav"))
     assert sorted(files["path"]) == listed and files["file_id"].is_unique
-    assert sorted(read_table(out, "predictions")["path"]) == listed
+    predictions = read_table(out, "predictions").set_index("path")
+    assert sorted(predictions.index) == listed
+    assert predictions.loc["spk06/50.wav", "gender"] == "female"
+    assert predictions.loc["spk00/00a.wav", "gender"] == "female"
 
 
 def test_interrupted_run_resumes_exactly_once(tmp_path):
