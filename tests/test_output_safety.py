@@ -82,11 +82,12 @@ def test_overwrite_removes_what_grv_batch_wrote_and_nothing_else(corpus, tmp_pat
 
 def _finish_every_batch(plan) -> None:
     """Leave what a finished run leaves for each planned batch: its completion record and rows."""
+    out = Path(plan.out_url)
     for folder in ("_batches", "files"):
-        (Path(plan.out_url) / folder).mkdir(exist_ok=True)
+        (out / folder).mkdir(exist_ok=True)
     for t in plan.tasks:
-        (Path(plan.out_url) / "_batches" / f"{t.batch_id}.json").write_text("{}")
-        (Path(plan.out_url) / "files" / f"part-{t.batch_id}.parquet").write_text("")
+        (out / "_batches" / f"{t.batch_id}.json").write_text("{}")
+        (out / "files" / f"part-{t.batch_id}.parquet").write_text("")
 
 
 def test_edited_or_extended_metadata_reruns_only_the_batches_whose_rows_changed(tmp_path):

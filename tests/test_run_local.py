@@ -216,13 +216,14 @@ def test_a_changed_corpus_reruns_only_the_batches_it_touched(tmp_path, voice):
     job.write_text("[execution]\nbatch_audio_s = 10.0\n")
     out, meta = tmp_path / "out", tmp_path / "meta.csv"
 
+    def listed() -> list[str]:
+        return sorted(str(p.relative_to(corpus)) for p in corpus.glob("spk*/*.wav"))
+
     def run() -> dict:
-        listed = sorted(str(p.relative_to(corpus)) for p in corpus.glob("spk*/*.wav"))
-        rows = pd.DataFrame({"path": listed, "gender": [
-            "male" if int(p.split("/")[1][:2]) % 2 else "female" for p in listed]})
-        rows.loc[rows["path"] == "spk06/50.wav", "gender"] = "unknown"  # corrected in run 2
-        if out.exists():
-            rows.loc[rows["path"] == "spk06/50.wav", "gender"] = "female"
+        rows = pd.DataFrame({"path": listed(), "gender": [
+            "male" if int(p.split("/")[1][:2]) % 2 else "female" for p in listed()]})
+        # corrected in the second run
+        rows.loc[rows["path"] == "spk06/50.wav", "gender"] = "female" if out.exists() else "unknown"
         rows.to_csv(meta, index=False)
         grv("run", str(corpus), "--out", str(out), "--job", str(job), "--workers", "1",
             "--metadata", str(meta), "--no-progress")
@@ -237,10 +238,9 @@ def test_a_changed_corpus_reruns_only_the_batches_it_touched(tmp_path, voice):
     # each of the first two
     assert second["run_now"] <= 5 and second["skipped_as_done"] >= second["total"] - 5, second
     files = read_table(out, "files")
-    listed = sorted(str(p.relative_to(corpus)) for p in corpus.glob("spk*/*.wav"))
-    assert sorted(files["path"]) == listed and files["file_id"].is_unique
+    assert sorted(files["path"]) == listed() and files["file_id"].is_unique
     predictions = read_table(out, "predictions").set_index("path")
-    assert sorted(predictions.index) == listed
+    assert sorted(predictions.index) == listed()
     assert predictions.loc["spk06/50.wav", "gender"] == "female"
     assert predictions.loc["spk00/00a.wav", "gender"] == "female"
 
