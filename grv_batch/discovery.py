@@ -72,6 +72,8 @@ class AudioFile:
     size: int
     #: why the file cannot be read, known from the listing (it becomes an error row unopened)
     problem: str | None = None
+    #: which content the listing saw at ``path`` (:func:`content_version`); a batch id covers it
+    version: str = ""
 
     @property
     def estimated_s(self) -> float:
@@ -94,6 +96,24 @@ class Corpus:
 def file_id_for(relative_path: str) -> str:
     """Stable 16-hex-digit id of a file, from its path relative to INPUT."""
     return hashlib.blake2b(relative_path.encode("utf-8"), digest_size=8).hexdigest()
+
+
+#: Listing fields that change when an object's content does, most telling first: a content hash
+#: or generation where the store keeps one (S3 and HTTP ``ETag``, Azure ``etag``, GCS ``generation``),
+#: else the modification time (local files, SFTP, ...).
+_VERSION_FIELDS = ("ETag", "etag", "generation", "Content-MD5", "Digest",
+                   "mtime", "LastModified", "last_modified", "updated", "modified", "created")
+
+
+def content_version(info: Mapping[str, Any]) -> str:
+    """Which content a listing entry ``info`` (fsspec's ``info``/``find(detail=True)``) describes.
+
+    The size and the first of ``_VERSION_FIELDS`` present, as text. A file rewritten in place
+    gets another version, so its batch runs again when a run resumes; ``touch`` does too (a
+    local file has no content hash to tell an identical rewrite apart).
+    """
+    stamp = next((info[k] for k in _VERSION_FIELDS if info.get(k) not in (None, "")), "")
+    return f"{int(info.get('size') or 0)}:{stamp}"
 
 
 def discover(input_url: str, params: InputParams = InputParams(), *,
@@ -141,7 +161,8 @@ def discover(input_url: str, params: InputParams = InputParams(), *,
             continue
         files.append(AudioFile(file_id=file_id_for(relative), path=relative,
                                url=storage.full_url(fs, path), size=int(info.get("size") or 0),
-                               problem=_unreadable_entry(path, info)))
+                               problem=_unreadable_entry(path, info),
+                               version=content_version(info)))
     files.sort(key=lambda f: f.path)
     if not files:
         raise InputError(
@@ -328,24 +349,26 @@ def _cut_draw(f: AudioFile) -> float:
 
 
 #: Changes whenever what a batch id stands for changes (see :func:`batch_id_for`).
-BATCH_ID_SALT = b"batches-2"
+BATCH_ID_SALT = b"batches-3"
 
 
 def batch_id_for(files: Sequence[AudioFile],
                  metadata: Sequence[Mapping[str, Any] | None] | None = None, *,
                  metadata_columns: str = "") -> str:
-    """Deterministic id of a batch: a hash of its file ids and, in a run with metadata, of what
-    the batch carries into ``predictions``: ``metadata[i]``, the row of ``files[i]`` (None for a
-    file without one), and ``metadata_columns``, the carried columns and their types.
+    """Deterministic id of a batch: a hash of its file ids and content versions
+    (:attr:`AudioFile.version`) and, in a run with metadata, of what the batch carries into
+    ``predictions``: ``metadata[i]``, the row of ``files[i]`` (None for a file without one), and
+    ``metadata_columns``, the carried columns and their types.
 
-    A batch with a completion record under its id is done, so a metadata row edited, added or
-    removed reruns the batch of its file, and a column added or retyped reruns every batch.
+    A batch with a completion record under its id is done, so a file rewritten in place, or a
+    metadata row edited, added or removed, reruns the batch of its file, and a metadata column
+    added or retyped reruns every batch.
     """
     # the salt names this scheme: batches of outputs written before it (cut at other places,
-    # ids without metadata) never pass for done, so those outputs rerun whole once
+    # ids without file versions or metadata) never pass for done, so those outputs rerun whole once
     digest = hashlib.blake2b(digest_size=8, salt=BATCH_ID_SALT)
     for f in files:
-        digest.update(f.file_id.encode())
+        digest.update(f.file_id.encode() + b"\x00" + f.version.encode() + b"\x00")
     if metadata is not None:
         digest.update(b"\x00" + metadata_columns.encode())
         for row in metadata:

@@ -204,7 +204,7 @@ def _one_file_batches_run(tmp_path, *, broken: bool, seed: int) -> tuple[list[st
 def test_a_changed_corpus_reruns_only_the_batches_it_touched(tmp_path, voice):
     # 96 WAVs of 1 s in batches of about 10 s: had the sorted list been cut every 10 s, the file
     # added in front would move the boundaries up to the one removed near the end. The metadata
-    # follows the corpus, and one of its rows is corrected.
+    # follows the corpus, and one of its rows is corrected; one file is rewritten in place.
     corpus = tmp_path / "corpus"
     rng = np.random.default_rng(5)
     for i in range(96):
@@ -232,13 +232,15 @@ def test_a_changed_corpus_reruns_only_the_batches_it_touched(tmp_path, voice):
     first = run()
     shutil.copy(corpus / "spk05" / "41.wav", corpus / "spk00" / "00a.wav")  # second in order
     (corpus / "spk11" / "90.wav").unlink()
+    sf.write(corpus / "spk03" / "30.wav", voice(*MALE, 16000, 2.0, rng), 16000, subtype="PCM_16")
     second = run()
     assert first["total"] >= 6, first
-    # the batches of the added, the removed and the corrected file, and at most one more after
-    # each of the first two
-    assert second["run_now"] <= 5 and second["skipped_as_done"] >= second["total"] - 5, second
+    # the batches of the added, the removed, the rewritten and the corrected file, and at most
+    # one more after each of the first two
+    assert second["run_now"] <= 6 and second["skipped_as_done"] >= second["total"] - 6, second
     files = read_table(out, "files")
     assert sorted(files["path"]) == listed() and files["file_id"].is_unique
+    assert files.set_index("path").loc["spk03/30.wav", "duration_s"] == pytest.approx(2.0)
     predictions = read_table(out, "predictions").set_index("path")
     assert sorted(predictions.index) == listed()
     assert predictions.loc["spk06/50.wav", "gender"] == "female"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from pathlib import Path
 
@@ -10,8 +11,8 @@ import pandas as pd
 import pytest
 
 from grv_batch import storage
-from grv_batch.discovery import (AudioFile, InputError, InputParams, batch_id_for, discover, file_id_for,
-                                 join_metadata, load_metadata, plan_batches)
+from grv_batch.discovery import (AudioFile, InputError, InputParams, batch_id_for, content_version,
+                                 discover, file_id_for, join_metadata, load_metadata, plan_batches)
 from grv_batch.spec import JobError, JobSpec, load_job
 
 REPO = Path(__file__).resolve().parents[1]
@@ -194,6 +195,21 @@ def test_batches_are_deterministic_and_balanced(tmp_path):
     assert all(sum(f.estimated_s for f in b) <= 2 * 10 or len(b) == 1 for b in batches)
     again = plan_batches(discover(str(tmp_path)).files, target_audio_s=10, max_files=100)
     assert [batch_id_for(b) for b in again] == [batch_id_for(b) for b in batches]
+
+
+def test_a_file_rewritten_in_place_changes_its_batch_id(tmp_path):
+    for name in ("a.wav", "b.wav"):
+        _touch(tmp_path, name, size=32_000)
+    before = discover(str(tmp_path)).files
+    os.utime(tmp_path / "b.wav", (1e9, 1e9))  # same size, other modification time
+    after = discover(str(tmp_path)).files
+    assert [f.file_id for f in after] == [f.file_id for f in before]
+    assert after[0].version == before[0].version and after[1].version != before[1].version
+    assert batch_id_for(after) != batch_id_for(before)
+    assert batch_id_for(after[:1]) == batch_id_for(before[:1])
+    # a store's content hash names the content, whatever the time
+    assert content_version({"size": 3, "ETag": '"9b2c"', "LastModified": "today"}) == '3:"9b2c"'
+    assert content_version({"size": 3, "mtime": 1.5}) == "3:1.5"
 
 
 def _corpus_of(paths_and_seconds) -> list[AudioFile]:
