@@ -16,6 +16,7 @@ from grv_batch.models import (  # noqa: E402
     SHIPPED_BUNDLE, BundleError, ModelParams, clear_cache, load_ensemble, verify_bundle, write_bundle,
 )
 from grv_batch.models import ensemble as ensemble_mod  # noqa: E402
+from grv_batch.models.ensemble import decide  # noqa: E402
 from grv_batch.models.testing import DEFAULT_PROFILE_COLUMNS, make_tiny_bundle  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -207,6 +208,22 @@ def test_combine_too_little_speech_is_uncertain(tiny_bundle):
     quiet = ens.combine_file(w, speech_s=np.array([0.0]), params=ModelParams())
     assert quiet["p_male"] == 0.5 and quiet["reason"] == "too_little_speech"
     assert quiet["p_male_frames"] == pytest.approx(0.99)
+
+
+def test_combine_takes_no_evidence_from_silent_windows_when_the_speech_has_no_answer(tiny_bundle):
+    # the window with speech has no usable input for any member; the silent one has answers
+    ens = load_ensemble(tiny_bundle)
+    w = _win({"cv_mel": [np.nan, 0.99], "voice_profile": [np.nan, 0.99], "frames": [np.nan, 0.99]},
+             [np.nan, 0.99])
+    row = ens.combine_file(w, speech_s=np.array([5.0, 0.0]), params=ModelParams())
+    assert row["p_male"] == 0.5 and row["label"] == "uncertain" and row["reason"] == "low_confidence"
+    assert np.isnan(row["p_male_frames"])
+
+
+def test_decide_never_labels_a_missing_probability():
+    label, reason = decide(np.array([np.nan, 0.99]), np.array([[np.nan], [0.99]]), np.array([5.0, 5.0]),
+                           confidence_threshold=0.9, disagreement=0.9, min_speech_s=1.0)
+    assert list(label) == ["uncertain", "male"] and list(reason) == ["low_confidence", None]
 
 
 def test_combine_confident_agreeing_windows_gives_label(tiny_bundle):

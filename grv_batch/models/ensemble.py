@@ -172,21 +172,27 @@ class Ensemble:
             raise ValueError(f"speech_s has {len(speech)} values for {n_windows} windows")
         row: dict = {}
 
-        def pool(p: np.ndarray) -> float:
+        total_speech = float(speech.sum())
+
+        def pool(p: np.ndarray, *, unweighted_if_silent: bool) -> float:
             p = np.asarray(p, dtype=np.float64)
             ok = np.isfinite(p)
             if not ok.any():
                 return float("nan")
             w = speech[ok] * np.maximum(p[ok], 1 - p[ok])
             if w.sum() <= 0:
+                if not unweighted_if_silent:
+                    return float("nan")
                 w = np.ones(ok.sum())
             return float(cal.sigmoid(np.sum(w * _logit(p[ok])) / w.sum()))
 
+        # a member's column says what it answered, also for a file without speech
         for c in cols:
-            row[c] = pool(columns[c]) if c in columns else float("nan")
-        total_speech = float(speech.sum())
-        # without any speech the networks still answer, but from silence or noise: no evidence
-        p = pool(columns["p_male"]) if n_windows and total_speech > 0 else float("nan")
+            row[c] = (pool(columns[c], unweighted_if_silent=total_speech <= 0)
+                      if c in columns else float("nan"))
+        # without any speech the networks still answer, but from silence or noise: no evidence.
+        # So too when the file has speech but only its windows without speech have an answer.
+        p = pool(columns["p_male"], unweighted_if_silent=False) if n_windows else float("nan")
         if not np.isfinite(p):
             p = 0.5
         row["p_male"] = p
@@ -236,7 +242,8 @@ def decide(p_male, member_p, speech_s, *, confidence_threshold: float, disagreem
                           0.0)
     short = speech < min_speech_s
     disagree = ~short & split & (spread > disagreement)
-    low = ~short & ~disagree & (np.maximum(p, 1 - p) < confidence_threshold)
+    # written so that a NaN p_male (no answer) is low confidence, never a label
+    low = ~short & ~disagree & ~(np.maximum(p, 1 - p) >= confidence_threshold)
     label = np.where(p > 0.5, "male", "female").astype(object)
     label[short | disagree | low] = "uncertain"
     reason = np.full(len(p), None, dtype=object)
