@@ -3,8 +3,9 @@
 Each file contributes its calibrated log-odds, weighted by its seconds of speech times its
 confidence; the speaker's ``p_male`` is the sigmoid of that weighted mean (a mean, not a sum, since
 files of one speaker are not independent evidence). ``agreement`` is the share of the speaker's
-confident files whose label matches the speaker's side; ``files_disagree`` flags speakers whose
-confident files split more than ``SpeakerParams.disagreement`` allows. A speaker is labelled
+confident files whose label matches the speaker's side; ``files_disagree`` flags speakers with at least two
+confident files of which more than ``SpeakerParams.disagreement`` are on the other side of the
+pooled answer: the files split, or uncertain files with more speech outweigh them. A speaker is labelled
 ``female``/``male`` only when the pooled confidence reaches ``SpeakerParams.confidence_threshold``,
 at least one of its files was labelled, and its files do not disagree; else ``uncertain``.
 """
