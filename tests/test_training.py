@@ -136,3 +136,26 @@ def test_a_stack_fitted_on_held_out_corpora_trusts_the_member_that_transfers():
     assert acc[("k-fold", "k-fold")] == 1.0  # and in domain, trusting local is right
     kfold = next(c for c in combiners if c["stack"] == "k-fold")
     assert kfold["w_local"] > 5 * kfold["w_steady"]
+
+
+def test_mobile_variant_is_a_real_call_codec_that_keeps_the_voice():
+    # AMR-NB or Opus round trip at 8/16 kHz: the length is kept (a few ms of codec delay) and a
+    # 1 kHz tone, well inside every handset band, is still the strongest frequency
+    import numpy as np
+
+    from grv_batch.training.augment import MOBILE_CODECS, ffmpeg_roundtrip, make_variant
+
+    sr = 16000
+    tone = 0.5 * np.sin(2 * np.pi * 1000.0 * np.arange(2 * sr) / sr)
+    rates = set()
+    for seed in range(8):
+        y, rate = sf.read(make_variant(tone, sr, "mobile", np.random.default_rng(seed)))
+        rates.add(rate)
+        assert abs(len(y) / rate - 2.0) < 0.05
+        spectrum = np.abs(np.fft.rfft(y[rate // 10:]))
+        assert np.fft.rfftfreq(len(y) - rate // 10, 1 / rate)[spectrum.argmax()] == pytest.approx(1000, abs=10)
+    assert rates == {8000, 16000}
+    for codec, container, rate, bit_rates, _ in MOBILE_CODECS:
+        x = tone[::2] if rate == 8000 else tone
+        y = ffmpeg_roundtrip(0.5 * x, rate, codec, container, bit_rates[0])
+        assert abs(len(y) - len(x)) < rate // 20 and np.max(np.abs(y)) > 0.1

@@ -17,7 +17,7 @@ from scipy import signal
 #: The variants the shipped bundle is trained on (and ``grv-batch train``'s default).
 VARIANTS = ("clean", "telephone", "telephone2", "wild", "perturb")
 #: Every variant :func:`make_variant` knows.
-VARIANT_NAMES = VARIANTS
+VARIANT_NAMES = (*VARIANTS, "mobile")
 
 
 def _rms(x):
@@ -92,6 +92,67 @@ def telephone_codec(x, sr, rng) -> io.BytesIO:
     return _encode(z, 8000, "WAV", "PCM_16")
 
 
+#: codecs of mobile and internet calls (FFmpeg's encoders through PyAV): encoder, container,
+#: sample rate, bit rates (bit/s) and draw probability. AMR-NB is the GSM/UMTS voice codec at its
+#: eight modes; Opus is the VoIP codec, wideband and narrowband.
+MOBILE_CODECS = (
+    ("libopencore_amrnb", "amr", 8000, (4750, 5150, 5900, 6700, 7400, 7950, 10200, 12200), 0.6),
+    ("libopus", "ogg", 16000, (6000, 8000, 12000, 16000), 0.25),
+    ("libopus", "ogg", 8000, (6000, 8000, 10000), 0.15),
+)
+
+
+def ffmpeg_roundtrip(x: np.ndarray, sr: int, codec: str, container: str, bit_rate: int) -> np.ndarray:
+    """Mono ``x`` (at ``sr``, peak below 1) encoded with an FFmpeg encoder and decoded back.
+
+    Returns
+    -------
+    np.ndarray
+        Shape about ``(len(x),)`` (codecs add a few ms of delay), float64 at ``sr``.
+    """
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=container) as out:
+        stream = out.add_stream(codec, rate=sr, layout="mono")
+        stream.bit_rate = int(bit_rate)
+        frame = av.AudioFrame.from_ndarray(
+            np.round(np.clip(x, -1.0, 1.0) * 32767).astype(np.int16)[None, :], format="s16", layout="mono")
+        frame.sample_rate = sr
+        for packet in (*stream.encode(frame), *stream.encode(None)):
+            out.mux(packet)
+    buf.seek(0)
+    with av.open(buf, "r") as inp:
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sr)
+        parts = [f.to_ndarray().reshape(-1) for frame in inp.decode(audio=0)
+                 for f in resampler.resample(frame)]
+    return np.concatenate(parts).astype(np.float64) if parts else np.zeros(0)
+
+
+def mobile_codec(x, sr, rng) -> io.BytesIO:
+    """Mobile or internet call: the caller's background noise (half the clips, 10-35 dB SNR), a
+    handset's band (low 100-300 Hz; high 3400-3700 Hz for narrowband codecs), random level, 20 ms
+    frame losses in 20% of clips, then a real codec round trip (:data:`MOBILE_CODECS`: AMR-NB at
+    4.75-12.2 kbit/s, Opus at 6-16 kbit/s), delivered as 16-bit WAV at the codec's rate."""
+    names = np.arange(len(MOBILE_CODECS))
+    codec, container, rate, bit_rates, _ = MOBILE_CODECS[
+        rng.choice(names, p=np.array([c[-1] for c in MOBILE_CODECS]) / sum(c[-1] for c in MOBILE_CODECS))]
+    y = soxr.resample(x, sr, rate) if sr != rate else np.asarray(x, dtype=np.float64)
+    if rng.random() < 0.5:
+        y = add_noise(y, rate, rng.uniform(10, 35), ["pink", "speech", "brown", "hum"][rng.integers(4)], rng)
+    hi = rng.uniform(3400, 3700) if rate == 8000 else 7000.0
+    sos = signal.butter(int(rng.integers(2, 5)), [rng.uniform(100, 300), hi], btype="bandpass",
+                        fs=rate, output="sos")
+    y = signal.sosfilt(sos, y)
+    y = y * 10 ** (rng.uniform(-24, -3) / 20) / max(np.max(np.abs(y)), 1e-9)
+    if rng.random() < 0.2:                      # lost frames: 20 ms zeroed
+        step = rate // 50
+        for i in np.flatnonzero(rng.random(len(y) // step) < rng.uniform(0.01, 0.05)):
+            y[i * step:(i + 1) * step] = 0.0
+    z = ffmpeg_roundtrip(y, rate, codec, container, int(rng.choice(bit_rates)))
+    return _encode(z, rate, "WAV", "PCM_16")
+
+
 def speed(x, sr, factor):
     """Play ``factor`` times faster: pitch and tempo change together (resampling)."""
     return soxr.resample(x, sr * factor, sr)
@@ -145,4 +206,6 @@ def make_variant(x: np.ndarray, sr: int, variant: str, rng: np.random.Generator)
         return _encode(y * 10 ** (rng.uniform(-35, 0) / 20) / max(np.max(np.abs(y)), 1e-9), sr, "WAV", "PCM_16")
     if variant == "telephone2":
         return telephone_codec(x, sr, rng)
+    if variant == "mobile":
+        return mobile_codec(x, sr, rng)
     raise ValueError(f"unknown variant {variant!r}")
