@@ -48,6 +48,9 @@ def targets(report: str | Path) -> list[dict]:
     if (F["variant"] == "telephone2").any():
         add("narrowband telephone, real codecs (GSM 6.10/ADPCM/A-law/mu-law, random band, dropouts)",
             (F["variant"] == "telephone2").to_numpy(), "")
+    if (F["variant"] == "mobile").any():
+        add("mobile and internet calls (AMR-NB 4.75-12.2 kbit/s, Opus 6-16 kbit/s, noise, losses)",
+            (F["variant"] == "mobile").to_numpy(), "")
     add("perturbed (speed +-6%, gain, codec)", (F["variant"] == "perturb").to_numpy(), "")
     p = F["p_ensemble"].to_numpy()
     conf = np.maximum(p, 1 - p)
@@ -68,7 +71,7 @@ def targets(report: str | Path) -> list[dict]:
                          "coverage": float(c.sum() / m.sum()), "goal": ">= 0.985 at coverage >= 0.80"})
         rows.append({"target": f"ECE ({variant})", "model": "ensemble", "n": int(m.sum()),
                      "ece": binary_metrics(y[m], p[m])["ece"], "goal": "<= 0.05"})
-    for variant in ["clean", "telephone", "telephone2", "wild"]:
+    for variant in ["clean", "telephone", "telephone2", "mobile", "wild"]:
         g = F[F["variant"] == variant]
         if g.empty:
             continue
