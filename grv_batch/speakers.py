@@ -100,7 +100,7 @@ def aggregate_speakers(predictions: pd.DataFrame, *, params: SpeakerParams | Non
     speech = np.where(np.isfinite(speech) & (speech > 0), speech, 0.0)
     conf = np.where(ok, np.maximum(p, 1 - p), 0.0)
     df = df.assign(_z=np.where(ok, _logit(np.where(ok, p, 0.5)), 0.0), _w=np.where(ok, speech * conf, 0.0),
-                   _wf=np.where(ok, conf, 0.0),
+                   _wf=np.where(ok, conf, 0.0), _speech=speech,
                    _conf_file=(df["label"].isin(["female", "male"]) if "label" in df.columns else ok))
     # a metadata column describes the speaker when it is constant within (at least half of the)
     # speakers; a speaker whose files differ (a mislabelled file) gets null there, not the others
@@ -128,13 +128,17 @@ def aggregate_speakers(predictions: pd.DataFrame, *, params: SpeakerParams | Non
         row = {"speaker_id": sid, "n_files": int(len(g)), "n_confident": n_conf, "p_male": pm,
                "confidence": confidence, "label": side if labelled else "uncertain",
                "agreement": agreement, "files_disagree": disagree}
+        # each member's column is pooled as p_male is, by speech times that member's own confidence
+        # (as combine_file pools a file's windows)
+        g_speech = g["_speech"].to_numpy()
         for c in member_cols:
             pc = pd.to_numeric(g[c], errors="coerce").to_numpy(dtype=np.float64)
             okc = np.isfinite(pc)
-            if okc.any() and w[okc].sum() > 0:
-                row[c] = float(1 / (1 + np.exp(-np.sum(w[okc] * _logit(pc[okc])) / w[okc].sum())))
-            else:
-                row[c] = float("nan")
+            wc = np.where(okc, np.maximum(pc, 1 - pc), 0.0)
+            if (g_speech * wc).sum() > 0:
+                wc = g_speech * wc
+            row[c] = (float(1 / (1 + np.exp(-np.sum(wc[okc] * _logit(pc[okc])) / wc[okc].sum())))
+                      if wc[okc].sum() > 0 else float("nan"))
         for c in carry:
             row[c] = g[c].iloc[0] if constant[c][sid] else None
         rows.append(row)

@@ -115,3 +115,13 @@ def test_metadata_named_like_a_speaker_column_never_replaces_it():
     df = _preds([_row("a", "s1", 0.9), _row("b", "s1", 0.95)]).assign(n_files=7, agreement="x")
     sp = aggregate_speakers(df, params=SpeakerParams()).set_index("speaker_id")
     assert sp.loc["s1", "n_files"] == 2 and sp.loc["s1", "agreement"] == 1.0
+
+
+def test_member_columns_are_pooled_by_each_members_own_confidence():
+    # the member is sure on the short file and unsure on the long one; the ensemble the opposite
+    preds = pd.DataFrame({"speaker_id": ["s", "s"], "p_male": [0.55, 0.99], "p_male_frames": [0.99, 0.45],
+                          "speech_s": [1.0, 4.0], "label": ["uncertain", "male"]})
+    row = aggregate_speakers(preds).iloc[0]
+    w = np.array([1.0 * 0.99, 4.0 * 0.55])
+    z = np.sum(w * np.log(np.array([0.99, 0.45]) / np.array([0.01, 0.55]))) / w.sum()
+    assert row["p_male_frames"] == pytest.approx(1 / (1 + np.exp(-z)))
