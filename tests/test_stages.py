@@ -200,6 +200,18 @@ def test_wav_a_few_bytes_short_is_read(tmp_path: Path) -> None:
     assert sum(b.size for b in iter_blocks(path)) >= 2 * SR - 2
 
 
+def test_gsm_wav_missing_seconds_is_truncated_but_a_partial_frame_is_not(tmp_path: Path) -> None:
+    # GSM 6.10 packs a second into 1,625 bytes: 3,000 bytes missing are almost 2 s of audio
+    path = tmp_path / "gsm.wav"
+    sf.write(path, voice(20.0, sr=8000), 8000, subtype="GSM610")
+    data = path.read_bytes()
+    path.write_bytes(data[:-3000])
+    with pytest.raises(DecodeError, match="truncated or corrupt audio: the header declares"):
+        probe(path)
+    path.write_bytes(data[:-30])  # part of the last 65-byte frame
+    assert probe(path).duration_s == pytest.approx(20.0, abs=0.1)
+
+
 def test_nan_float_wav(tmp_path: Path) -> None:
     x = tone(200, 1.0)
     x[SR // 2] = np.nan
@@ -207,6 +219,31 @@ def test_nan_float_wav(tmp_path: Path) -> None:
     sf.write(path, x, SR, subtype="FLOAT")
     with pytest.raises(DecodeError, match=r"non-finite samples \(NaN or inf\)"):
         list(iter_blocks(path))
+
+
+def test_float_samples_far_beyond_full_scale_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "huge.wav"
+    sf.write(path, tone(200, 1.0) * 1e30, SR, subtype="FLOAT")
+    with pytest.raises(DecodeError, match=r"sample values out of range \(up to 5e\+29"):
+        list(iter_blocks(path))
+    loud = tmp_path / "loud.wav"  # float audio a little over full scale is audio
+    sf.write(loud, tone(200, 1.0) * 3.0, SR, subtype="FLOAT")
+    assert np.max(np.abs(_read_all(loud))) == pytest.approx(1.5, rel=1e-3)  # tone peaks at 0.5
+
+
+def test_mp3_inside_a_wav_is_decoded_by_ffmpeg_to_its_end(tmp_path: Path) -> None:
+    # some telephone and dictation recorders write MPEG audio in a RIFF/WAV container; libsndfile
+    # only estimates its frame count, which made a whole file look truncated
+    from _audio import write_av
+
+    for sr in (8000, 44100):
+        path = tmp_path / f"mp3-{sr}.wav"
+        write_av(path, voice(20.0, sr=sr), sr, "libmp3lame")
+        assert sf.info(path).subtype == "MPEG_LAYER_III"
+        info = probe(path)
+        y = _read_all(path)
+        assert info.format.startswith("FFMPEG:") and info.sample_rate == sr
+        assert 20.0 * sr <= y.size <= 20.0 * sr + 4096
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores permissions")

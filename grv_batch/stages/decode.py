@@ -55,6 +55,10 @@ _PLACEHOLDER_MIN = 0x7F000000
 # A shortfall this small is not worth losing the file for (a partial last frame, a writer that
 # counted its header in the data size): at most this many bytes, or this share of the data.
 _CUT_TOLERANCE_BYTES, _CUT_TOLERANCE_SHARE = 4096, 0.005
+# ... and never more than this much audio
+_CUT_TOLERANCE_S = 0.25
+# Decoded samples beyond this magnitude are not audio (float files are about +-1.0 at full scale).
+_MAX_ABS_SAMPLE = 1e4
 # A file that libsndfile opens with no samples but is bigger than this holds more than a header.
 _SMALLEST_HEADER_BYTES = 1024
 
@@ -276,8 +280,11 @@ def _open_sndfile(source: Source) -> sf.SoundFile:
 def _open(source: Source) -> Iterator[sf.SoundFile]:
     size = _check_size(source)
     f = _AVFile(source) if _uses_av(source) else _open_sndfile(source)
-    if isinstance(f, sf.SoundFile) and f.format == "MP3":
-        f.close()  # an MP3 by its content, not its name: FFmpeg's, as for .mp3 (AV_EXTENSIONS)
+    if isinstance(f, sf.SoundFile) and (f.format == "MP3" or f.subtype.startswith("MPEG_LAYER")):
+        # MP3 by its content, not its name, and MPEG audio inside a WAV (some telephone and
+        # dictation recorders write it; libsndfile only estimates its frame count): FFmpeg's,
+        # as for .mp3 (AV_EXTENSIONS)
+        f.close()
         f = _AVFile(source)
     if isinstance(f, sf.SoundFile) and f.frames == 0 and size > _SMALLEST_HEADER_BYTES:
         # A WAV whose writer never filled in its sizes (a recorder that was stopped hard) declares
@@ -309,7 +316,11 @@ def _check_not_cut(f: sf.SoundFile) -> None:
     declared, present = int(match.group(1)), int(match.group(2))
     if declared == 0 or declared >= _PLACEHOLDER_MIN:
         return
-    if declared - present <= max(_CUT_TOLERANCE_BYTES, _CUT_TOLERANCE_SHARE * declared):
+    allowed = max(_CUT_TOLERANCE_BYTES, _CUT_TOLERANCE_SHARE * declared)
+    if f.frames > 0 and present > 0:
+        # compressed telephone codecs pack seconds into those bytes (GSM 6.10: 1,625 bytes a second)
+        allowed = min(allowed, _CUT_TOLERANCE_S * present * f.samplerate / f.frames)
+    if declared - present <= allowed:
         return
     raise DecodeError(
         f"truncated or corrupt audio: the header declares {declared} bytes of samples, "
@@ -432,8 +443,14 @@ def iter_blocks(source: Source, params: DecodeParams | None = None) -> Iterator[
                     inverted = phase < 0 if phase else inverted
                     mono = (data[:, 0] - data[:, 1]) * np.float32(0.5) if inverted else (
                         data.mean(axis=1, dtype=np.float32))
-                if not np.isfinite(mono).all():
+                peak = float(np.max(np.abs(mono))) if mono.size else 0.0
+                if not np.isfinite(peak):
                     raise DecodeError("non-finite samples (NaN or inf)")
+                if peak > _MAX_ABS_SAMPLE:
+                    # float samples 80 dB over full scale are corrupt data (integers read as
+                    # floats, say), and their powers overflow the spectra
+                    raise DecodeError(f"sample values out of range (up to {peak:.3g}; audio is "
+                                      f"within about 1.0 of full scale)")
                 parts.append(mono)
                 got += mono.size
             if got == 0:
@@ -449,6 +466,6 @@ def iter_blocks(source: Source, params: DecodeParams | None = None) -> Iterator[
     # reads such files silently up to the cut, so we check the count ourselves.
     if not _inexact(info.format) and done < info.frames:
         raise DecodeError(
-            f"truncated or corrupt audio after {done / sr:.1f} s: header promises "
-            f"{info.frames / sr:.1f} s"
+            f"truncated or corrupt audio: {done / sr:.2f} s of the {info.frames / sr:.2f} s its "
+            f"header promises ({info.frames - done} samples missing)"
         )
