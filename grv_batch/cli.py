@@ -195,7 +195,7 @@ def train(
     seed_model: Annotated[Optional[Path], typer.Option("--seed-model", help="The original network's weights, evaluated side by side.")] = None,
     folds: Annotated[int, typer.Option("--folds", min=2, help="Speaker-grouped cross-validation folds.")] = 5,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the folds, augmentation and network initialisation.")] = 0,
-    variants: Annotated[str, typer.Option("--variants", help="Augmentation variants trained and tested on, comma-separated.", show_default="clean, telephone, telephone2, wild, perturb: the shipped recipe")] = "clean,telephone,telephone2,wild,perturb",
+    variants: Annotated[str, typer.Option("--variants", help="Augmentation variants trained and tested on, comma-separated.", show_default="clean, telephone, telephone2, wild, perturb, mobile: the shipped recipe")] = "clean,telephone,telephone2,wild,perturb,mobile",
     eval_variants: Annotated[str, typer.Option("--eval-variants", help="Variants only tested on held-out speakers, never trained on.")] = "",
     heldout_corpus: Annotated[bool, typer.Option("--heldout-corpus/--no-heldout-corpus", help="Also train on all corpora but one and test on that one.")] = True,
     epochs: Annotated[str, typer.Option("--epochs", help="Per-member epochs, e.g. frames=20 (comma-separated member=N).")] = "",

@@ -15,9 +15,9 @@ import soxr
 from scipy import signal
 
 #: The variants the shipped bundle is trained on (and ``grv-batch train``'s default).
-VARIANTS = ("clean", "telephone", "telephone2", "wild", "perturb")
+VARIANTS = ("clean", "telephone", "telephone2", "wild", "perturb", "mobile")
 #: Every variant :func:`make_variant` knows.
-VARIANT_NAMES = (*VARIANTS, "mobile")
+VARIANT_NAMES = VARIANTS
 
 
 def _rms(x):

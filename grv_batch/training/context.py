@@ -48,6 +48,8 @@ def main(argv=None):
         rows.append({"model": name, "variant": "all", **binary_metrics(y, p)})
         for v in VARIANTS:
             m = (F["variant"] == v).to_numpy()
+            if not m.any():  # a report of a run without this variant
+                continue
             rows.append({"model": name, "variant": v, **binary_metrics(y[m], p[m])})
     print(f"narrowband (< {NARROWBAND_BELOW_HZ:.0f} Hz) files per variant: "
           + ", ".join(f"{v} {int(nb[(F['variant'] == v).to_numpy()].sum())}" for v in VARIANTS))
