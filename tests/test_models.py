@@ -164,6 +164,31 @@ def test_unsafe_lambda_layer_is_refused_by_safe_mode(tmp_path):
         load_ensemble(b)
 
 
+def test_a_bundle_holds_trained_weights_without_optimizer_state(tmp_path):
+    import io
+    import zipfile
+
+    import h5py
+    import keras
+
+    inp = keras.Input((128,))
+    model = keras.Model(inp, keras.layers.Dense(1)(inp))
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(np.ones((8, 128), np.float32), np.ones(8, np.float32), epochs=1, verbose=0)
+    b = write_bundle(tmp_path / "fitted", name="fitted", version="0",
+                     members={"cv_mel": {"kind": "cv_mel", "model": model, "config": {}}},
+                     combiner={"weights": {"cv_mel": 1.0}, "bias": 0.0}, thresholds={})
+    with zipfile.ZipFile(b / "cv_mel.keras") as z:
+        stored = h5py.File(io.BytesIO(z.read("model.weights.h5")), "r")
+        assert "optimizer" not in stored
+    clear_cache()
+    loaded = load_ensemble(b)._models["cv_mel"]
+    np.testing.assert_array_equal(loaded.get_weights()[0], model.get_weights()[0])
+    # the shipped bundle too
+    with zipfile.ZipFile(Path(SHIPPED_BUNDLE) / "frames.keras") as z:
+        assert "optimizer" not in h5py.File(io.BytesIO(z.read("model.weights.h5")), "r")
+
+
 def test_a_member_file_that_is_not_keras_v3_is_refused(tiny_bundle, tmp_path):
     """Keras loads HDF5 without safe mode: a bundle may only name .keras files, hashes or not."""
     import shutil

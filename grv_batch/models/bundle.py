@@ -63,6 +63,22 @@ def verify_bundle(bundle: str | os.PathLike) -> dict:
     return manifest
 
 
+def _save_for_inference(model, path: Path) -> None:
+    """Save ``model`` as a ``.keras`` file without optimizer state: a bundle holds inference
+    models, and a model saved right after ``fit`` would carry its Adam moments too."""
+    import tempfile
+
+    import keras
+
+    if getattr(model, "optimizer", None) is None:
+        model.save(path)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        trained = Path(tmp) / path.name
+        model.save(trained)
+        keras.saving.load_model(trained, compile=False, safe_mode=True).save(path)
+
+
 def write_bundle(out: str | os.PathLike, *, name: str, version: str, members: dict[str, dict],
                  combiner: dict, thresholds: dict, model_card: dict | None = None,
                  model_card_md: str | None = None) -> Path:
@@ -78,7 +94,7 @@ def write_bundle(out: str | os.PathLike, *, name: str, version: str, members: di
     spec = {"members": {}, "combiner": combiner, "thresholds": thresholds}
     for mname, m in members.items():
         fname = f"{mname}.keras"
-        m["model"].save(out / fname)
+        _save_for_inference(m["model"], out / fname)
         spec["members"][mname] = {"kind": m["kind"], "file": fname, "config": m.get("config", {}),
                                   "calibration": m.get("calibration", {"type": "identity"})}
     (out / ENSEMBLE_JSON).write_text(json.dumps(spec, indent=1, allow_nan=False))
