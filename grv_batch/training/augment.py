@@ -64,6 +64,13 @@ def telephone_band(x, sr, rng=None, lo=300.0, hi=3400.0):
     return signal.sosfilt(sos, y), 8000
 
 
+def drop_frames(y: np.ndarray, frame_len: int, rng) -> None:
+    """Packet loss, in place: each frame of ``frame_len`` samples (20 ms) is zeroed with a
+    probability drawn from 1-5%."""
+    for i in np.flatnonzero(rng.random(len(y) // frame_len) < rng.uniform(0.01, 0.05)):
+        y[i * frame_len:(i + 1) * frame_len] = 0.0
+
+
 # real narrowband telephone codecs that libsndfile writes in WAV, with their draw probabilities
 TELEPHONE_CODECS = (("GSM610", 0.35), ("G721_32", 0.2), ("ALAW", 0.15), ("ULAW", 0.1),
                     ("NMS_ADPCM_24", 0.1), ("IMA_ADPCM", 0.1))
@@ -80,11 +87,8 @@ def telephone_codec(x, sr, rng) -> io.BytesIO:
     y = signal.sosfilt(sos, y)
     y = add_noise(y, 8000, rng.uniform(30, 45), ["white", "pink", "hum"][rng.integers(3)], rng)
     y = y * 10 ** (rng.uniform(-24, -1) / 20) / max(np.max(np.abs(y)), 1e-9)
-    if rng.random() < 0.3:                      # packet loss: 20 ms frames zeroed
-        frames = len(y) // 160
-        lost = rng.random(frames) < rng.uniform(0.01, 0.05)
-        for i in np.flatnonzero(lost):
-            y[i * 160:(i + 1) * 160] = 0.0
+    if rng.random() < 0.3:
+        drop_frames(y, 160, rng)
     names, probs = zip(*TELEPHONE_CODECS)
     codec = names[rng.choice(len(names), p=np.array(probs) / sum(probs))]
     buf = _encode(y, 8000, "WAV", codec)
@@ -134,9 +138,8 @@ def mobile_codec(x, sr, rng) -> io.BytesIO:
     handset's band (low 100-300 Hz; high 3400-3700 Hz for narrowband codecs), random level, 20 ms
     frame losses in 20% of clips, then a real codec round trip (:data:`MOBILE_CODECS`: AMR-NB at
     4.75-12.2 kbit/s, Opus at 6-16 kbit/s), delivered as 16-bit WAV at the codec's rate."""
-    names = np.arange(len(MOBILE_CODECS))
-    codec, container, rate, bit_rates, _ = MOBILE_CODECS[
-        rng.choice(names, p=np.array([c[-1] for c in MOBILE_CODECS]) / sum(c[-1] for c in MOBILE_CODECS))]
+    probs = np.array([c[-1] for c in MOBILE_CODECS])
+    codec, container, rate, bit_rates, _ = MOBILE_CODECS[rng.choice(len(MOBILE_CODECS), p=probs / probs.sum())]
     y = soxr.resample(x, sr, rate) if sr != rate else np.asarray(x, dtype=np.float64)
     if rng.random() < 0.5:
         y = add_noise(y, rate, rng.uniform(10, 35), ["pink", "speech", "brown", "hum"][rng.integers(4)], rng)
@@ -145,10 +148,8 @@ def mobile_codec(x, sr, rng) -> io.BytesIO:
                         fs=rate, output="sos")
     y = signal.sosfilt(sos, y)
     y = y * 10 ** (rng.uniform(-24, -3) / 20) / max(np.max(np.abs(y)), 1e-9)
-    if rng.random() < 0.2:                      # lost frames: 20 ms zeroed
-        step = rate // 50
-        for i in np.flatnonzero(rng.random(len(y) // step) < rng.uniform(0.01, 0.05)):
-            y[i * step:(i + 1) * step] = 0.0
+    if rng.random() < 0.2:
+        drop_frames(y, rate // 50, rng)
     z = ffmpeg_roundtrip(y, rate, codec, container, int(rng.choice(bit_rates)))
     return _encode(z, rate, "WAV", "PCM_16")
 
