@@ -84,6 +84,20 @@ def _logit(p):
     return np.log(p) - np.log1p(-p)
 
 
+def _pooled(p: pd.Series, speech: np.ndarray) -> float:
+    """Sigmoid of the mean log-odds of the finite ``p``, weighted by ``speech`` times each file's
+    confidence (by confidence alone when none of them has speech); NaN when none is finite."""
+    p = pd.to_numeric(p, errors="coerce").to_numpy(dtype=np.float64)
+    ok = np.isfinite(p)
+    if not ok.any():
+        return float("nan")
+    conf = np.maximum(p[ok], 1 - p[ok])
+    w = speech[ok] * conf
+    if w.sum() <= 0:                          # no speech measured: weight by confidence alone
+        w = conf
+    return float(1 / (1 + np.exp(-np.sum(w * _logit(p[ok])) / w.sum())))
+
+
 def aggregate_speakers(predictions: pd.DataFrame, *, params: SpeakerParams | None = None) -> pd.DataFrame:
     """One row per speaker (files without a speaker are left out)."""
     params = params or SpeakerParams()
@@ -93,14 +107,11 @@ def aggregate_speakers(predictions: pd.DataFrame, *, params: SpeakerParams | Non
     member_cols = [c for c in df.columns if c.startswith("p_male_")]
     if df.empty:
         return pd.DataFrame({c: pd.Series(dtype="object") for c in SPEAKER_COLUMNS + member_cols})
-    p = pd.to_numeric(df["p_male"], errors="coerce").to_numpy(dtype=np.float64)
-    ok = np.isfinite(p)
+    ok = np.isfinite(pd.to_numeric(df["p_male"], errors="coerce").to_numpy(dtype=np.float64))
     speech = (pd.to_numeric(df["speech_s"], errors="coerce").to_numpy(dtype=np.float64)
               if "speech_s" in df.columns else np.ones(len(df)))
     speech = np.where(np.isfinite(speech) & (speech > 0), speech, 0.0)
-    conf = np.where(ok, np.maximum(p, 1 - p), 0.0)
-    df = df.assign(_z=np.where(ok, _logit(np.where(ok, p, 0.5)), 0.0), _w=np.where(ok, speech * conf, 0.0),
-                   _wf=np.where(ok, conf, 0.0), _speech=speech,
+    df = df.assign(_speech=speech,
                    _conf_file=(df["label"].isin(["female", "male"]) if "label" in df.columns else ok))
     # a metadata column describes the speaker when it is constant within (at least half of the)
     # speakers; a speaker whose files differ (a mislabelled file) gets null there, not the others
@@ -111,11 +122,9 @@ def aggregate_speakers(predictions: pd.DataFrame, *, params: SpeakerParams | Non
     carry = [c for c, same in constant.items() if same.mean() >= 0.5]
     rows = []
     for sid, g in df.groupby("speaker_id", sort=True):
-        w = g["_w"].to_numpy()
-        if w.sum() <= 0:                      # no speech measured: weight by confidence alone
-            w = g["_wf"].to_numpy()
-        z = float(np.sum(w * g["_z"].to_numpy()) / w.sum()) if w.sum() > 0 else 0.0
-        pm = float(1 / (1 + np.exp(-z)))
+        g_speech = g["_speech"].to_numpy()
+        pm = _pooled(g["p_male"], g_speech)
+        pm = 0.5 if np.isnan(pm) else pm
         confidence = max(pm, 1 - pm)
         side = "male" if pm > 0.5 else "female"
         confident = g[g["_conf_file"]]
@@ -128,17 +137,10 @@ def aggregate_speakers(predictions: pd.DataFrame, *, params: SpeakerParams | Non
         row = {"speaker_id": sid, "n_files": int(len(g)), "n_confident": n_conf, "p_male": pm,
                "confidence": confidence, "label": side if labelled else "uncertain",
                "agreement": agreement, "files_disagree": disagree}
-        # each member's column is pooled as p_male is, by speech times that member's own confidence
-        # (as combine_file pools a file's windows)
-        g_speech = g["_speech"].to_numpy()
+        # each member's column is pooled as p_male is, with that member's own confidence (as
+        # combine_file pools a file's windows)
         for c in member_cols:
-            pc = pd.to_numeric(g[c], errors="coerce").to_numpy(dtype=np.float64)
-            okc = np.isfinite(pc)
-            wc = np.where(okc, np.maximum(pc, 1 - pc), 0.0)
-            if (g_speech * wc).sum() > 0:
-                wc = g_speech * wc
-            row[c] = (float(1 / (1 + np.exp(-np.sum(wc[okc] * _logit(pc[okc])) / wc[okc].sum())))
-                      if wc[okc].sum() > 0 else float("nan"))
+            row[c] = _pooled(g[c], g_speech)
         for c in carry:
             row[c] = g[c].iloc[0] if constant[c][sid] else None
         rows.append(row)
