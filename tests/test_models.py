@@ -326,6 +326,9 @@ def test_shipped_cv_mel_is_gain_invariant():
     mel = rng.gamma(1.0, 0.01, (3, 128))
     a = ens.predict_windows(pd.DataFrame({"mel128": list(mel)}), None)
     b = ens.predict_windows(pd.DataFrame({"mel128": list(mel * 100.0)}), None)
+    # cv_mel has no weight in the shipped stack; alone, it is the answer (not NaN)
+    assert np.isfinite(a["p_male"]).all()
+    np.testing.assert_allclose(a["p_male"], a["p_male_cv_mel"], atol=1e-9)
     np.testing.assert_allclose(a["p_male"], b["p_male"], atol=1e-4)
 
 
@@ -338,3 +341,10 @@ def test_shipped_cv_mel_on_common_voice_sample():
     out = ens.predict_windows(df[["mel128"]], None)
     acc = ((out["p_male"] > 0.5) == (df["gender"].to_numpy() == "male")).mean()
     assert acc > 0.93          # trained on these clips: a sanity check, not a held-out metric
+
+
+def test_a_member_without_stack_weight_answers_when_it_is_the_only_one():
+    z = ensemble_mod.combine_logits(np.array([[1.5, np.nan, np.nan], [1.5, -1.0, np.nan],
+                                              [np.nan, np.nan, np.nan]]),
+                                    np.array([0.0, 0.6, 0.7]), 0.1, None)
+    assert z[0] == 1.5 and z[1] == -1.0 and np.isnan(z[2])

@@ -159,3 +159,27 @@ def test_mobile_variant_is_a_real_call_codec_that_keeps_the_voice():
         x = tone[::2] if rate == 8000 else tone
         y = ffmpeg_roundtrip(0.5 * x, rate, codec, container, bit_rates[0])
         assert abs(len(y) - len(x)) < rate // 20 and np.max(np.abs(y)) > 0.1
+
+
+def test_the_stack_fit_is_scikit_learns_logistic_regression_held_at_nonnegative_weights():
+    """Unconstrained, ``fit_logistic`` is ``LogisticRegression(C=1)``; constrained, a member that
+    only helps as a correction of the others (a negative weight) gets zero, and the others keep
+    their signs."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from grv_batch.training.train import _fit_combiner, fit_logistic
+
+    rng = np.random.default_rng(0)
+    signal = rng.standard_normal(2000)
+    y = signal + 0.5 * rng.logistic(size=2000) > 0
+    shared = rng.standard_normal(2000)  # noise both members carry: the best linear stack cancels it
+    a = 2.0 * signal + shared
+    b = 0.5 * signal + shared  # on its own b is right more often than not, but a - b is the better stack
+    X = np.column_stack([a, b])
+    lr = LogisticRegression(C=1.0, max_iter=5000, tol=1e-10).fit(X, y)
+    w, bias = fit_logistic(X, y, C=1.0, nonnegative=False)
+    np.testing.assert_allclose(w, lr.coef_[0], atol=1e-3)
+    assert abs(bias - lr.intercept_[0]) < 1e-3 and w[1] < 0
+    comb = _fit_combiner(X, y, ["a", "b"])
+    assert comb["weights"]["b"] == 0.0 and comb["weights"]["a"] > 0

@@ -39,12 +39,16 @@ def combine_logits(Z: np.ndarray, weights: np.ndarray, bias: float, calibration:
     np.ndarray
         Shape ``(n,)``. Rows with every member: the stack and its calibration. Other rows: the
         members they have, averaged with weights ``|w|`` (the stack's bias and calibration were
-        fitted on all members); NaN where no member had input. Decided row by row, so a window's
-        answer does not depend on which other windows share its predict call.
+        fitted on all members), or equally where those weights are all zero; NaN where no member
+        had input. Decided row by row, so a window's answer does not depend on which other
+        windows share its predict call.
     """
     finite = np.isfinite(Z)
     Zf = np.where(finite, Z, 0.0)
     W = finite * np.abs(weights)[None, :]
+    den = W.sum(axis=1)
+    # a member the stack gives no weight still answers when it is the only one with input
+    W = np.where((den > 0)[:, None], W, finite.astype(np.float64))
     den = W.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         z = np.where(den > 0, (W * Zf).sum(axis=1) / den, np.nan)
