@@ -142,15 +142,17 @@ def denoise(audio: np.ndarray, sr: int, params: DenoiseParams | None = None) -> 
 
 # --- Stationary spectral gating -----------------------------------------------------------------
 #
-# What follows computes exactly what ``noisereduce.reduce_noise(y, sr, stationary=True,
-# y_noise=ref, prop_decrease=p, n_fft=1024, hop_length=512, chunk_size=len(y), padding=1024,
-# n_jobs=1)`` (noisereduce 3.x, defaults otherwise: n_std_thresh_stationary=1.5,
-# freq_mask_smooth_hz=500, time_mask_smooth_ms=50) computes, up to float rounding (~1e-15), without
-# its overheads: scipy's ``istft`` overlap-adds in a Python loop over frames, the 2-D smoothing runs
-# through ``fftconvolve`` although the kernel is separable, and the mask is built through
-# ``np.repeat``. It is the same float64 arithmetic in the same order wherever it matters, except
-# that a bin is compared with the threshold as a magnitude, not in dB (a bin within rounding of
-# the threshold can fall on the other side). The transforms run on a few dozen frames at a time.
+# What follows computes what ``noisereduce.reduce_noise(y, sr, stationary=True, y_noise=ref,
+# prop_decrease=p, n_fft=1024, hop_length=512, chunk_size=len(y), padding=1024, n_jobs=1)``
+# (noisereduce 3.x, defaults otherwise: n_std_thresh_stationary=1.5, freq_mask_smooth_hz=500,
+# time_mask_smooth_ms=50) computes, without its overheads: scipy's ``istft`` overlap-adds in a
+# Python loop over frames, the 2-D smoothing runs through ``fftconvolve`` although the kernel is
+# separable, and the mask is built through ``np.repeat``. The noise threshold and the mask
+# smoothing are its float64 arithmetic; the signal's transforms run in float32 (noisereduce
+# transforms the float32 input in float64), which moves output samples by about 1e-7 of full
+# scale, below the 16-bit quantisation step, and makes the stage about 1.3x faster. A bin is
+# compared with the threshold as a magnitude, not in dB, so a bin within rounding of the threshold
+# can fall on the other side. The transforms run on a few dozen frames at a time.
 
 _HOP = _N_FFT // 2
 _PAD = _N_FFT  # noisereduce's ``padding``: zeros on each side of the one chunk
@@ -260,29 +262,31 @@ def _spectral_gate_stationary(
     win = _hann()
     # the chunk (zeros(_PAD), audio, zeros(_PAD)) in float64, extended by scipy.signal.stft's
     # boundary="zeros" (n_fft // 2 each side)
+    win_sum = float(win.sum())
+    win32 = win.astype(np.float32)
     lead = _PAD + _N_FFT // 2
-    x = np.zeros(n + 2 * lead)
+    x = np.zeros(n + 2 * lead, np.float32)
     x[lead : lead + n] = audio
     frames = sliding_window_view(x, _N_FFT)[::_HOP]  # (T, n_fft), no copy
     n_frames = frames.shape[0]
-    spec = np.empty((n_frames, _N_FFT // 2 + 1), np.complex128)
-    buf = np.empty((_CHUNK, _N_FFT))
+    spec = np.empty((n_frames, _N_FFT // 2 + 1), np.complex64)
+    buf = np.empty((_CHUNK, _N_FFT), np.float32)
     for i in range(0, n_frames, _CHUNK):
-        b = np.multiply(win, frames[i : i + _CHUNK], out=buf[: min(_CHUNK, n_frames - i)])
+        b = np.multiply(win32, frames[i : i + _CHUNK], out=buf[: min(_CHUNK, n_frames - i)])
         spec[i : i + _CHUNK] = scipy.fft.rfft(b, axis=-1, overwrite_x=True)
-    spec *= np.sqrt(1.0 / win.sum() ** 2)
-    mask = _smooth_mask(_above_threshold(spec, thresh), prop_decrease, sr)
+    spec *= np.float32(1.0 / win_sum)
+    mask = _smooth_mask(_above_threshold(spec, thresh), prop_decrease, sr).astype(np.float32)
     # scipy.signal.istft, overlap-add vectorised (50 % overlap: each sample has two frames)
-    ola = np.zeros((n_frames + 1, _HOP))
+    ola = np.zeros((n_frames + 1, _HOP), np.float32)
+    synthesis = win32 * np.float32(win_sum)
     for i in range(0, n_frames, _CHUNK):
         j = min(i + _CHUNK, n_frames)
         sub = scipy.fft.irfft(spec[i:j] * mask[i:j], n=_N_FFT, axis=-1, overwrite_x=True)
-        sub *= win.sum()
-        sub *= win
+        sub *= synthesis
         ola[i:j] += sub[:, :_HOP]
         ola[i + 1 : j + 1] += sub[:, _HOP:]
     # the output lies in whole rows 3 .. T-1, where every sample has both frames' squared windows
     # (at least 0.5 for Hann): istft's window normalisation is one row, not a (T + 1, hop) array
     w2 = win**2
-    out = (ola / (w2[:_HOP] + w2[_HOP:])).ravel()[lead : lead + n]
-    return out.astype(np.float32)
+    norm = (1.0 / (w2[:_HOP] + w2[_HOP:])).astype(np.float32)
+    return (ola * norm).ravel()[lead : lead + n]
