@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 import time
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
@@ -139,6 +140,7 @@ def rename_metadata_clashes(metadata: pd.DataFrame) -> tuple[pd.DataFrame, dict[
 
 
 _WORKER_READY = False
+_WORKER_LOCK = threading.Lock()
 
 #: glibc heap settings for worker processes, in bytes (see :func:`_relax_malloc_trimming`).
 MALLOC_TRIM_THRESHOLD = 128 * 2**20
@@ -189,45 +191,53 @@ def _hidden_modules(names: tuple[str, ...]) -> Iterator[None]:
                 del sys.modules[name]
 
 
-def _prepare_worker() -> None:
+def _prepare_worker(worker=None) -> None:
     """Once per worker process: one numeric thread (processes give the parallelism), and
-    TensorFlow imported with its C++ start-up banner kept off the user's terminal."""
+    TensorFlow imported with its C++ start-up banner kept off the user's terminal.
+
+    The local cluster's workers start this in a background thread as soon as they start
+    (``grv_batch._local_worker``), so TensorFlow is imported while the client is still planning;
+    a task that arrives first waits here until it is done. ``worker``: the Dask worker, where this
+    does not run inside one of its tasks.
+    """
     global _WORKER_READY
-    if _WORKER_READY:
-        return
-    _WORKER_READY = True
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(1)
-    except Exception:  # noqa: BLE001 - best effort
-        pass
-    _relax_malloc_trimming()
-    import sys
-
-    if "tensorflow" not in sys.modules:
-        # TensorFlow's absl/oneDNN notices are written by C++ straight to fd 2 at import, whatever
-        # TF_CPP_MIN_LOG_LEVEL says; silence fd 2 for the import only (errors still raise).
-        saved = os.dup(2)
+    with _WORKER_LOCK:
+        if _WORKER_READY:
+            return
+        _WORKER_READY = True
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         try:
-            with open(os.devnull, "w") as null, _hidden_modules(KERAS_OPTIONAL_IMPORTS):
-                os.dup2(null.fileno(), 2)
-                import tensorflow
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-        try:
-            # The environment variables are not honoured by every TensorFlow build; without this
-            # its thread pools spin on every core and cost as much CPU as the work itself.
-            tensorflow.config.threading.set_intra_op_parallelism_threads(1)
-            tensorflow.config.threading.set_inter_op_parallelism_threads(1)
-        except RuntimeError:  # already initialised in this process: keep what it has
+            from threadpoolctl import threadpool_limits
+
+            threadpool_limits(1)
+        except Exception:  # noqa: BLE001 - best effort
             pass
-    _exit_quickly_once_closed()
+        _relax_malloc_trimming()
+        import sys
+
+        if "tensorflow" not in sys.modules:
+            # TensorFlow's absl/oneDNN notices are written by C++ straight to fd 2 at import,
+            # whatever TF_CPP_MIN_LOG_LEVEL says; silence fd 2 for the import only (errors still
+            # raise).
+            saved = os.dup(2)
+            try:
+                with open(os.devnull, "w") as null, _hidden_modules(KERAS_OPTIONAL_IMPORTS):
+                    os.dup2(null.fileno(), 2)
+                    import tensorflow
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+            try:
+                # The environment variables are not honoured by every TensorFlow build; without
+                # this its thread pools spin on every core and cost as much CPU as the work itself.
+                tensorflow.config.threading.set_intra_op_parallelism_threads(1)
+                tensorflow.config.threading.set_inter_op_parallelism_threads(1)
+            except RuntimeError:  # already initialised in this process: keep what it has
+                pass
+        _exit_quickly_once_closed(worker)
 
 
-def _exit_quickly_once_closed() -> None:
+def _exit_quickly_once_closed(worker=None) -> None:
     """Skip TensorFlow's interpreter teardown (over a second) when a worker process ends normally.
 
     A Dask nanny starts its worker with multiprocessing's spawn, whose child ends through
@@ -245,7 +255,7 @@ def _exit_quickly_once_closed() -> None:
         from distributed import get_worker
         from distributed.core import Status
 
-        worker = get_worker()
+        worker = worker or get_worker()
     except (ImportError, ValueError):  # not running inside a Dask worker
         return
     if multiprocessing.parent_process() is None:

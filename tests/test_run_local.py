@@ -363,6 +363,33 @@ def test_worker_start_up_skips_what_keras_only_might_use():
     assert "cv_mel" in proc.stdout
 
 
+def test_local_workers_import_tensorflow_before_their_first_task():
+    """The local cluster's preload starts each worker's preparation (TensorFlow, one thread) in a
+    background thread at start-up, so it overlaps the client's planning; a task that comes first
+    waits for it rather than importing TensorFlow a second time."""
+    code = (
+        "import sys, time\n"
+        "from distributed import Client, LocalCluster\n"
+        "def state():\n"
+        "    import sys, grv_batch.pipeline as p\n"
+        "    return 'tensorflow' in sys.modules, p._WORKER_READY, p._WORKER_LOCK.locked()\n"
+        "if __name__ == '__main__':\n"
+        "    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,\n"
+        "                      preload=['grv_batch._local_worker']) as cluster, Client(cluster) as client:\n"
+        "        deadline = time.monotonic() + 90\n"
+        "        while True:\n"
+        "            (tf, ready, busy), = client.run(state).values()\n"
+        "            if (tf and ready and not busy) or time.monotonic() > deadline:\n"
+        "                break\n"
+        "            time.sleep(0.2)\n"
+        "        print(tf, ready, busy)\n"
+    )
+    proc = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True,
+                          timeout=150, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "True", "False"], proc.stdout + proc.stderr
+
+
 def test_a_batch_that_raises_is_split_and_only_the_failing_file_is_an_error(mixed_corpus, tmp_path):
     corpus, meta = mixed_corpus
     job = tmp_path / "job.toml"
