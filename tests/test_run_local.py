@@ -357,10 +357,7 @@ def test_worker_start_up_skips_what_keras_only_might_use():
         "print(load_ensemble().members)\n"
         "import sklearn.linear_model, matplotlib\n"
     )
-    proc = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    assert proc.returncode == 0, proc.stderr
-    assert "cv_mel" in proc.stdout
+    assert "cv_mel" in _python(code, timeout=120)
 
 
 def test_local_workers_import_tensorflow_before_their_first_task():
@@ -384,10 +381,16 @@ def test_local_workers_import_tensorflow_before_their_first_task():
         "            time.sleep(0.2)\n"
         "        print(tf, ready, busy)\n"
     )
+    assert _python(code, timeout=150).split() == ["True", "True", "False"]
+
+
+def _python(code: str, *, timeout: float) -> str:
+    """stdout of ``code`` run by the virtual environment's Python in a fresh process (which must
+    succeed)."""
     proc = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True,
-                          timeout=150, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+                          timeout=timeout, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["True", "True", "False"], proc.stdout + proc.stderr
+    return proc.stdout
 
 
 def test_a_batch_that_raises_is_split_and_only_the_failing_file_is_an_error(mixed_corpus, tmp_path):
