@@ -138,6 +138,8 @@ def discover(input_url: str, params: InputParams = InputParams(), *,
         if is_file:
             found = {root: fs.info(root)}
             root = posixpath.dirname(storage.without_query(fs, root))
+        elif exists and storage.is_local(fs):
+            found = _find_local(fs, root)
         elif exists:
             found = fs.find(root, detail=True, withdirs=False)
     except PermissionError as exc:
@@ -195,7 +197,10 @@ def load_metadata(url: str, *, input_url: str | None = None,
                 if path.lower().endswith((".parquet", ".pq")):
                     frame = pd.read_parquet(handle)
                 else:
-                    frame = pd.read_csv(handle, dtype={"path": str, "speaker_id": str, "gender": str})
+                    # low_memory=False: in chunks, pandas gives a column numbers in one chunk and
+                    # text in another (an "age" of 64, then "unknown"), which no table can hold
+                    frame = pd.read_csv(handle, dtype={"path": str, "speaker_id": str, "gender": str},
+                                        low_memory=False)
     except FileNotFoundError as exc:
         raise InputError(f"metadata {url} does not exist") from exc
     except Exception as exc:  # noqa: BLE001 - any parser failure is the same problem to the user
@@ -226,6 +231,10 @@ def load_metadata(url: str, *, input_url: str | None = None,
         frame["gender"] = gender
     if "speaker_id" in frame.columns:
         frame["speaker_id"] = frame["speaker_id"].astype("string")
+    for column in frame.columns[frame.dtypes == object]:
+        values = frame[column].dropna()
+        if values.map(type).nunique() > 1:  # numbers and text in one column: as text
+            frame[column] = frame[column].astype("string")
     return frame.reset_index(drop=True)
 
 
@@ -255,6 +264,36 @@ class MetadataJoin:
     files_without_metadata: int
     metadata_without_files: int
     examples_missing_files: list[str]
+
+
+def _find_local(fs, root: str) -> dict[str, dict]:
+    """``fs.find(root, detail=True)`` for a local folder, descending into linked folders too.
+
+    A corpus put together from several disks links their folders in; fsspec's local ``find``
+    lists such a link as one entry and never looks inside. Each real folder is listed once, so a
+    link back up the tree (a loop) or a second link to the same folder adds nothing (the first in
+    name order names the files). A folder that cannot be read raises, as ``find`` does.
+    """
+    found: dict[str, dict] = {}
+    walked: set[str] = set()
+    folders = [root]
+    while folders:
+        folder = folders.pop()
+        real = os.path.realpath(folder)
+        if real in walked:
+            continue
+        walked.add(real)
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        inner = []
+        for entry in entries:
+            if entry.is_dir():  # follows links
+                inner.append(entry.path)
+            else:
+                info = fs.info(entry)  # from the directory entry, as fsspec's own listing does
+                found[info["name"]] = info
+        folders.extend(reversed(inner))
+    return found
 
 
 def _unreadable_entry(path: str, info: Mapping[str, Any]) -> str | None:

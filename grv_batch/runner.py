@@ -383,10 +383,11 @@ def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = No
                 + escape(", ".join(f"{a!r} -> {b!r}" for a, b in renamed.items())) + "[/yellow]")
     joined = join_metadata(corpus, metadata)
     if metadata is not None:
+        # a metadata path can be a URL with a password or a signature in it
+        examples = ", ".join(storage.redact_url(p) for p in joined.examples_missing_files[:3])
         say(f"Metadata: {len(metadata)} rows; {joined.files_without_metadata} file(s) without a "
             f"metadata row, {joined.metadata_without_files} row(s) without a file"
-            + (f" (e.g. {escape(', '.join(joined.examples_missing_files[:3]))})"
-               if joined.metadata_without_files else ""))
+            + (f" (e.g. {escape(examples)})" if joined.metadata_without_files else ""))
     members, model_sha256 = _member_names(job.model)
     changed = job.analysis_changes()
     if changed:
@@ -421,13 +422,19 @@ def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = No
     done = {t.batch_id for t in tasks if t.batch_id in recorded and (
         f"part-{t.batch_id}.parquet" in shards
         or all(f"part-{t.batch_id}.{k}.parquet" in shards for k in range(len(t.files))))}
-    if job.output.retry_errors and done:
+    if done:
         rows = read_table(fs, out, "files", ["file_id", "status"]).to_pandas()
-        failed = set(rows.loc[rows["status"] == "error", "file_id"])
-        retried = {t.batch_id for t in tasks if any(f.file_id in failed for f in t.files)}
-        done -= retried
-        if failed:
-            say(f"Retrying {len(failed)} error row(s) in {len(retried & recorded)} batch(es)")
+        # ... and so are the features and predictions rows of its ok files (a shard of those two
+        # tables lost since, by an interrupted copy of OUT say, would otherwise never come back)
+        ok = set(rows.loc[rows["status"] == "ok", "file_id"])
+        lost = ok - (_file_ids(fs, out, "features") & _file_ids(fs, out, "predictions"))
+        done -= {t.batch_id for t in tasks if any(f.file_id in lost for f in t.files)}
+        if job.output.retry_errors:
+            failed = set(rows.loc[rows["status"] == "error", "file_id"])
+            retried = {t.batch_id for t in tasks if any(f.file_id in failed for f in t.files)}
+            done -= retried
+            if failed:
+                say(f"Retrying {len(failed)} error row(s) in {len(retried & recorded)} batch(es)")
     say(f"Found {len(corpus.files)} audio file(s) in {escape(storage.redact_url(input_url))}; {len(tasks)} batch(es)"
         + (f", {len(done)} already done (resuming)" if resuming and done else ""))
     return RunPlan(input_url=input_url, out_url=out_url, job=job, metadata_url=metadata_url,
@@ -486,7 +493,10 @@ def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | No
     if stop is not None and stop.is_set():
         raise KeyboardInterrupt  # lost while the cluster started
     if pending:
-        _check_workers_see(client, [("INPUT", pending[0].files[0].url),
+        # INPUT's folder, not one of its files: a file can be a broken link or gone since listing
+        # (an error row, not a reason to stop the run)
+        first = pending[0].files[0].url
+        _check_workers_see(client, [("INPUT", first if "://" in first else plan.corpus.root),
                                     ("OUT", storage.join(plan.layout.out_url, JOB_FILE))])
     records = _execute(client, pending, job=job, layout=plan.layout, options=options,
                        console=console, progress=progress, stop=stop)
@@ -760,6 +770,11 @@ def read_table(fs, out: str, name: str, columns: list[str] | None = None) -> pa.
     if table is None:
         return pa.table({c: pa.array([], pa.string()) for c in (columns or [])})
     return table
+
+
+def _file_ids(fs, out: str, name: str) -> set[str]:
+    """The file ids that have rows in output table ``name``."""
+    return set(read_table(fs, out, name, ["file_id"]).column("file_id").to_pylist())
 
 
 def _account(fs, out: str, corpus: Corpus, tasks: Sequence[BatchTask] = ()) -> dict[str, Any]:

@@ -259,3 +259,19 @@ def test_metadata_columns_named_like_outputs_are_carried_renamed(corpus, tmp_pat
     assert "label" not in carried and "confidence" not in carried
     row = next(iter(plan.joined.by_path.values()))
     assert row["meta_label_2"] == "train" and row["meta_label"] == "x"
+
+
+def test_metadata_rows_without_a_file_are_shown_without_their_credentials(corpus, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    meta = tmp_path / "meta.csv"
+    signed = "https://bob:hunter2pw@store.example.com/audio/x.wav?X-Amz-Signature=SIGSECRET123"
+    meta.write_text(f"path,gender\n{signed},female\n")
+    shown = io.StringIO()
+    folder, _ = corpus
+    plan_run(str(folder), str(tmp_path / "out"), JobSpec(), metadata_url=str(meta),
+             console=Console(file=shown, width=300))
+    assert "1 row(s) without a file (e.g. https://***@store.example.com/audio/x.wav?***)" in shown.getvalue()
+    assert "hunter2pw" not in shown.getvalue() and "SIGSECRET123" not in shown.getvalue()

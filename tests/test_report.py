@@ -254,6 +254,20 @@ def test_interval_widens_with_fewer_speakers():
     assert (acc2["ci_high"] - acc2["ci_low"])["few"] < width["few"]
 
 
+def test_files_without_a_speaker_count_as_their_own_units_for_small():
+    """A group of files with no speaker_id is bootstrapped file by file; when other files of the
+    run have speakers, it is not "too small" for want of speakers (it was, at any size)."""
+    lab = _cohort_frame(20, 5, "lab")
+    phone = _cohort_frame(150, 2, "phone").assign(speaker_id=None)
+    few = _cohort_frame(3, 10, "few")
+    pred = pd.concat([lab, phone, few], ignore_index=True)
+    g = group_metrics(pred, None, params=ReportParams(groups=["cohort"], n_bootstrap=50))
+    acc = g[(g["group_by"] == "cohort") & (g["metric"] == "accuracy")].set_index("group")
+    assert acc.loc["phone", "n_speakers"] == 0 and not acc.loc["phone", "small"]
+    assert acc.loc["lab", "n_speakers"] == 20 and not acc.loc["lab", "small"]
+    assert acc.loc["few", "small"]  # 30 files, but from 3 speakers
+
+
 def test_no_ground_truth(run_nogt):
     (pred, feat, _, _), _, folder = run_nogt
     g = pd.read_parquet(Path(folder) / "groups.parquet")
@@ -466,3 +480,33 @@ def test_intersection_cells_that_would_share_a_name_are_refused():
     with pytest.raises(ReportInputError, match="share the name 'a\\*b\\*c'"):
         group_metrics(pred, None, params=ReportParams(groups=["x", "y"], intersections=[("x", "y")],
                                                       n_bootstrap=0, derived_bands=False))
+
+
+def test_metadata_named_like_a_files_table_column_is_grouped_on():
+    """``sample_rate`` or ``channels`` in the metadata (a natural fairness grouping) are carried
+    into ``predictions`` as they are; the report groups on them like any other column."""
+    from grv_batch.report._metrics import default_groups
+
+    pred = _cohort_frame(10, 4, "x").assign(sample_rate=[8000, 16000] * 20, channels=["phone", "mic"] * 20,
+                                            status=["native", "l2"] * 20)
+    assert {"sample_rate", "channels", "status"} <= set(default_groups(pred))
+
+
+def test_threshold_coverage_counts_every_file_and_accuracy_the_judged_ones():
+    from grv_batch.report._plots import threshold_table
+
+    conf = np.array([0.95, 0.9, 0.6, 0.55])
+    correct = np.array([1.0, np.nan, 0.0, np.nan])  # the second and fourth have no ground truth
+    tt = threshold_table(conf, correct).set_index("threshold")
+    assert tt["coverage"].iloc[0] == 1.0
+    at = tt.index[np.argmin(np.abs(tt.index - 0.7))]
+    assert tt.loc[at, "coverage"] == 0.5 and tt.loc[at, "accuracy"] == 1.0
+
+
+def test_a_group_named_with_a_leading_underscore_keeps_its_legend_entry():
+    from grv_batch.report._plots import threshold_curves
+
+    fig = threshold_curves([("_unknown", np.array([0.9, 0.6]), None), ("adult", np.array([0.8, 0.7]), None)],
+                           combined=False)
+    labels = [t.get_text() for t in fig.axes[-1].get_legend().get_texts()]
+    assert len(labels) == 2 and labels[0].endswith("_unknown")

@@ -98,6 +98,15 @@ def test_mixed_corpus_every_file_exactly_once(mixed_corpus, tmp_path):
     assert read_table(out, "files")["file_id"].is_unique
     assert "already done" in again.stderr
 
+    # A predictions shard lost since (say, by an interrupted copy of OUT): its batch runs again.
+    predictions = read_table(out, "predictions")
+    lost = next(f for f in sorted((out / "predictions").glob("part-*.parquet")) if "empty" not in f.name)
+    lost.unlink()
+    grv("run", str(corpus), "--out", str(out), "--metadata", str(meta), "--workers", "1", "--no-progress")
+    assert json.loads((out / "_run.json").read_text())["batches"]["run_now"] == 1
+    restored = read_table(out, "predictions")
+    assert restored["file_id"].is_unique and set(restored["file_id"]) == set(predictions["file_id"])
+
     # Another job over the same OUT is refused with a one-line reason.
     job = tmp_path / "other.toml"
     job.write_text("[denoise]\nenabled = false\n")
@@ -571,6 +580,33 @@ def test_a_read_that_fails_mid_file_is_retried_and_never_decoded_short(tmp_path,
     assert "read failed: ConnectionError: connection reset by peer (after 3 attempts)" in error
     predictions = read_table(tmp_path / "out", "predictions")
     assert sorted(predictions["path"]) == ["fine.ogg", "flaky.ogg"]
+
+
+def test_a_broken_link_listed_first_does_not_look_like_an_input_the_workers_cannot_see(tmp_path):
+    """The workers' view of a local INPUT is checked on its folder: a first file that is a broken
+    link (or gone since the listing) is an error row, not "workers cannot see INPUT"."""
+    from grv_batch.runner import plan_run, run_job
+    from grv_batch.spec import JobSpec
+
+    corpus = tmp_path / "corpus"
+    make_mixed_corpus(corpus, n_voices=2, broken=False)
+    (corpus / "0_old_take.wav").symlink_to(corpus / "missing.wav")
+    job = JobSpec()
+    plan = plan_run(str(corpus), str(tmp_path / "out"), job)
+    assert any(f.path == "0_old_take.wav" for t in plan.tasks for f in t.files)
+
+    class Submitted(Exception):
+        pass
+
+    class SameMachineWorkers:
+        def run(self, function, path):
+            return {"tcp://127.0.0.1:40000": function(path)}
+
+        def submit(self, *args, **kwargs):
+            raise Submitted
+
+    with pytest.raises(Submitted):
+        run_job(str(corpus), str(tmp_path / "out"), job, client=SameMachineWorkers(), plan=plan)
 
 
 def test_workers_that_cannot_see_a_local_input_stop_the_run_before_any_batch(tmp_path):

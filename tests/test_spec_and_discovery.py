@@ -166,6 +166,21 @@ def test_pipes_and_broken_links_are_listed_as_unreadable_and_never_opened(tmp_pa
     assert "does not exist" in files.loc["gone.wav", "error"]
 
 
+def test_files_in_linked_folders_are_found_once(tmp_path):
+    """A corpus put together from several disks links their folders in: their files are found,
+    under the link's name; a link back up the tree, or a second link to one folder, adds nothing."""
+    corpus, disk2 = tmp_path / "in", tmp_path / "disk2"
+    _touch(corpus, "spkA/a.wav")
+    _touch(disk2, "spkB/b1.wav")
+    _touch(disk2, "spkB/b2.wav")
+    (corpus / "spkB").symlink_to(disk2 / "spkB")
+    (corpus / "spkB_again").symlink_to(disk2 / "spkB")
+    (corpus / "spkA" / "loop").symlink_to(corpus)
+    found = discover(str(corpus))
+    assert [f.path for f in found.files] == ["spkA/a.wav", "spkB/b1.wav", "spkB/b2.wav"]
+    assert found.unmatched == 0
+
+
 def test_metadata_problems_stop_the_run(tmp_path):
     meta = tmp_path / "m.csv"
     meta.write_text("path,gender\na.wav,female\na.wav,male\n")
@@ -359,3 +374,16 @@ def test_a_signed_http_url_is_read_with_its_query_and_named_without_it(tmp_path)
         assert "sigSECRET" not in corpus.files[0].file_id + corpus.files[0].path
     finally:
         server.shutdown()
+
+
+def test_a_long_metadata_csv_with_numbers_then_text_in_a_column_is_read_as_text(tmp_path):
+    """pandas reads a long CSV in chunks and gave a column numbers in one and text in the next;
+    Arrow then refused the column with a traceback."""
+    from grv_batch.runner import _metadata_schema
+
+    meta = tmp_path / "meta.csv"
+    rows = [f"spk{i % 50}/f{i}.wav,{20 + i % 50}" for i in range(300_000)] + ["spk0/last.wav,unknown"]
+    meta.write_text("path,age\n" + "\n".join(rows) + "\n")
+    frame = load_metadata(str(meta))
+    assert frame["age"].iloc[0] == "20" and frame["age"].iloc[-1] == "unknown"
+    assert str(_metadata_schema(frame).field("age").type) == "string"

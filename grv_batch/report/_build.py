@@ -234,17 +234,17 @@ def render_html(
         "per-group curves so that no group pays most of the coverage. The run's own <code>uncertain</code> "
         "label also counts too little speech and disagreeing members, so its coverage can be below the curve.</p>"
     )
-    curve = ("files with ground truth", conf[has_gt], correct[has_gt]) if with_gt else ("all files", conf, None)
-    fig = P.threshold_curves([curve], combined=True)
+    # coverage over every file, accuracy over the kept files that have ground truth
+    judged = np.where(has_gt, correct, np.nan) if with_gt else None
+    fig = P.threshold_curves([("all files", conf, judged)], combined=True)
     threshold_img = P.to_img(fig, "accuracy and coverage vs threshold")
-    tt_cov = P.threshold_table(conf, None)
-    tt_acc = P.threshold_table(conf[has_gt], correct[has_gt]) if with_gt else None
+    tt = P.threshold_table(conf, judged)
     rows = []
     for t in (0.5, 0.6, 0.7, 0.8, 0.9, 0.95):
-        i = int(np.argmin(np.abs(tt_cov["threshold"] - t)))
-        row = [H.esc(f"{t:.2f}"), H.esc(H.fmt("coverage", tt_cov["coverage"][i]))]
-        if tt_acc is not None:
-            row.append(H.esc(H.fmt("accuracy", tt_acc["accuracy"][i])))
+        i = int(np.argmin(np.abs(tt["threshold"] - t)))
+        row = [H.esc(f"{t:.2f}"), H.esc(H.fmt("coverage", tt["coverage"][i]))]
+        if with_gt:
+            row.append(H.esc(H.fmt("accuracy", tt["accuracy"][i])))
         rows.append(row)
     parts.append('<div class="plots">' + threshold_img + H.table(
         ["threshold", "coverage (all files)"] + (["accuracy of kept"] if with_gt else []), rows) + "</div>")
@@ -301,11 +301,7 @@ def render_html(
                     plots.append(P.to_img(P.reliability(curves, histogram=False, min_count=MIN_BIN_FILES),
                                           f"{g.name}: reliability"))
             if eligible:
-                if with_gt:
-                    tc = [(lv, conf[(vals == lv) & has_gt], correct[(vals == lv) & has_gt]) for lv in eligible]
-                    tc = [c for c in tc if len(c[1])]
-                else:
-                    tc = [(lv, conf[vals == lv], None) for lv in eligible]
+                tc = [(lv, conf[vals == lv], None if judged is None else judged[vals == lv]) for lv in eligible]
                 if tc:
                     plots.append(P.to_img(P.threshold_curves(tc, combined=False), f"{g.name}: threshold curves"))
         parts.append('<div class="plots">' + "".join(plots) + "</div>")
@@ -345,7 +341,8 @@ def render_html(
         "calibration error of <code>p_male</code> (10 equal-width bins). <b>share_female</b>: share of "
         "confident labels that are female. <b>mean_confidence</b>: average confidence.</li>"
         f"<li>A group is <b>too small to compare</b> when the files a metric is computed on number fewer than "
-        f"{params.min_files} or come from fewer than {params.min_speakers} speakers.</li>"
+        f"{params.min_files} or come from fewer than {params.min_speakers} speakers (a file without a "
+        "speaker counts as one).</li>"
         "<li>Bands are derived from the features: speech seconds (<code>speech_s</code>), signal-to-noise "
         "(<code>snr_db</code>) and median pitch (<code>f0_p50</code>, 'unvoiced' when no pitch was found). "
         "Low-pitched women and high-pitched men are where a voice model is most likely to fail: compare "

@@ -34,7 +34,9 @@ GROUPS_COLUMNS = [
     "small",
 ]
 
-# Columns that belong to the pipeline, never metadata to group on.
+# Columns of ``predictions`` that belong to the pipeline, never metadata to group on. Columns of
+# the ``files`` table (``status``, ``sample_rate``, ``channels``...) are not among them: a metadata
+# column of such a name is carried into ``predictions`` as it is, and is the user's to group on.
 _OWN_COLUMNS = {
     "file_id",
     "path",
@@ -44,11 +46,7 @@ _OWN_COLUMNS = {
     "confidence",
     "label",
     "reason",
-    "status",
-    "error",
     "duration_s",
-    "sample_rate",
-    "channels",
     "speech_s",
     "n_windows",
 }
@@ -372,6 +370,8 @@ class GroupResult:
     replicates: np.ndarray  # (B, M)
     n_files: np.ndarray  # (M,)
     n_speakers: np.ndarray  # (M,) or NaN when speakers unknown
+    #: (M,) independent units the bootstrap draws: known speakers plus files without a speaker
+    n_clusters: np.ndarray
 
 
 def _evaluate_group(
@@ -392,13 +392,15 @@ def _evaluate_group(
     reps = metrics_from_sums(bootstrap_sums(csums, params.n_bootstrap, _rng(params.seed, group_by, group)), metrics)
     den = np.array([_DENOMINATOR[m] for m in metrics])
     n_files = total[den]
+    used = csums[:, den] > 0  # (clusters, M): clusters with files a metric is computed on
     if speakers_known:
         spk_cluster = np.zeros(len(uniq), dtype=bool)
         spk_cluster[inv[is_known_speaker]] = True
-        n_speakers = ((csums[:, den] > 0) & spk_cluster[:, None]).sum(axis=0).astype(float)
+        n_speakers = (used & spk_cluster[:, None]).sum(axis=0).astype(float)
     else:
         n_speakers = np.full(len(metrics), np.nan)
-    return GroupResult(group_by, group, metrics, value, reps, n_files, n_speakers)
+    return GroupResult(group_by, group, metrics, value, reps, n_files, n_speakers,
+                       used.sum(axis=0).astype(float))
 
 
 def _interval(value: float, reps: np.ndarray, level: float, *, basic: bool = False) -> tuple[float, float]:
@@ -473,7 +475,10 @@ def evaluate(
             else:
                 lo = hi = np.nan
             nf, ns = int(r.n_files[j]), r.n_speakers[j]
-            small = nf < params.min_files or (speakers_known and ns < params.min_speakers)
+            # the interval's honesty depends on how many independent units it resamples: known
+            # speakers, and each file without a speaker on its own (counting only the speakers made
+            # a large group of such files "too small" once any other file had a speaker)
+            small = nf < params.min_files or (speakers_known and r.n_clusters[j] < params.min_speakers)
             rows.append((group_by, group, m, v, lo, hi, nf, ns, bool(small)))
     table = pd.DataFrame(rows, columns=GROUPS_COLUMNS)
     table = table.astype(

@@ -95,11 +95,13 @@ def bars(table: pd.DataFrame, metrics: list[str], order: list[str], overall: dic
 
 
 def _short(text: str, width: int = 28) -> str:
-    """A group name as a plot label: shortened, and with ``$`` escaped (matplotlib would read
-    ``$...$`` as mathtext: ``$10k-$20k`` garbled, ``a$\\foo$b`` an exception)."""
+    """A group name as a plot label: shortened, with ``$`` escaped (matplotlib would read
+    ``$...$`` as mathtext: ``$10k-$20k`` garbled, ``a$\\foo$b`` an exception), and a leading ``_``
+    kept visible (matplotlib leaves a label that starts with ``_`` out of the legend)."""
     text = str(text)
     text = text if len(text) <= width else text[: width - 1] + "…"
-    return text.replace("$", r"\$")
+    text = text.replace("$", r"\$")
+    return "\u200b" + text if text.startswith("_") else text
 
 
 def reliability_points(p: np.ndarray, y: np.ndarray) -> pd.DataFrame:
@@ -148,13 +150,19 @@ def reliability(
 
 
 def threshold_table(confidence: np.ndarray, correct: np.ndarray | None) -> pd.DataFrame:
-    """Coverage and accuracy among kept files for every confidence threshold."""
+    """Coverage (of all files) and accuracy among kept files for every confidence threshold.
+
+    ``correct``: 1.0 / 0.0 per file, NaN for a file without ground truth (it counts in coverage,
+    not in accuracy); None when no file has ground truth.
+    """
     conf = np.nan_to_num(confidence)
+    known = None if correct is None else ~np.isnan(np.asarray(correct, dtype=float))
     rows = []
     for t in THRESHOLDS:
         keep = conf >= t
         cov = float(keep.mean()) if len(conf) else np.nan
-        acc = float(correct[keep].mean()) if correct is not None and keep.any() else np.nan
+        judged = keep & known if known is not None else None
+        acc = float(np.mean(np.asarray(correct, dtype=float)[judged])) if judged is not None and judged.any() else np.nan
         rows.append((t, cov, acc))
     return pd.DataFrame(rows, columns=["threshold", "coverage", "accuracy"])
 
