@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+from pydantic import field_validator
 
 from grv_batch import storage
 from grv_batch._params import Params
@@ -52,6 +53,18 @@ class InputParams(Params):
 
     patterns: list[str] = list(DEFAULT_PATTERNS)
     exclude: list[str] = []
+
+    @field_validator("patterns")
+    @classmethod
+    def _names_only(cls, patterns: list[str]) -> list[str]:
+        # a pattern that can never match would make every file "unmatched" without a word
+        if not patterns:
+            raise ValueError("at least one pattern is needed (e.g. '*.wav')")
+        with_folder = [p for p in patterns if "/" in p]
+        if with_folder:
+            raise ValueError(f"patterns match file names, not folders: {with_folder} can never match "
+                             f"(use exclude, which matches the path relative to INPUT, to leave folders out)")
+        return patterns
 
 
 #: ``gender`` values read as "no ground truth" (after trimming and lowercasing).
@@ -247,7 +260,10 @@ def _relative_to_input(path: str, input_url: str | None) -> str:
         if "://" not in input_url and path.startswith("file://"):
             path = path[len("file://"):]  # a file URL of a local INPUT is its absolute path
         if "://" not in input_url and path.startswith("/"):
-            absolute = os.path.abspath(input_url).rstrip("/") + "/"
+            folder = os.path.abspath(input_url)
+            if os.path.isfile(folder):  # INPUT is one file: paths are relative to its folder
+                folder = os.path.dirname(folder)
+            absolute = folder.rstrip("/") + "/"
             if path.startswith(absolute):
                 return path[len(absolute):]
     while path.startswith("./"):  # "./a.wav" is "a.wav"; a hidden "./.x/a.wav" stays ".x/a.wav"

@@ -395,6 +395,16 @@ def is_storage_error(exc: BaseException) -> bool:
 _PERMANENT_OPEN_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
+def _file_location(url: str, storage_options: Mapping[str, Any] | None = None):
+    """``(fs, path)`` of one listed file's URL (as :func:`full_url` writes it). Unlike
+    ``fsspec.open``, ``::`` is not read as a chain of file systems: it is part of a name here
+    (``take::1.wav``)."""
+    if "://" not in url:
+        return fsspec.filesystem("file"), url
+    fs = fsspec.filesystem(url.split("://", 1)[0], **dict(storage_options or {}))
+    return fs, fs._strip_protocol(url)
+
+
 @contextlib.contextmanager
 def open_input(url: str, storage_options: Mapping[str, Any] | None = None) -> Iterator[GuardedReader]:
     """Open an INPUT file for decoding.
@@ -409,7 +419,8 @@ def open_input(url: str, storage_options: Mapping[str, Any] | None = None) -> It
         As raised by the file system.
     """
     try:
-        raw = fsspec.open(url, "rb", **dict(storage_options or {})).open()
+        fs, path = _file_location(url, storage_options)
+        raw = fs.open(path, "rb")
     except _PERMANENT_OPEN_ERRORS:
         raise
     except Exception as exc:

@@ -387,3 +387,40 @@ def test_a_long_metadata_csv_with_numbers_then_text_in_a_column_is_read_as_text(
     frame = load_metadata(str(meta))
     assert frame["age"].iloc[0] == "20" and frame["age"].iloc[-1] == "unknown"
     assert str(_metadata_schema(frame).field("age").type) == "string"
+
+
+def test_a_name_with_a_double_colon_is_read(tmp_path):
+    """``::`` chains file systems in an fsspec URL; in a listed file's name it is just text."""
+    import soundfile as sf
+
+    from grv_batch.pipeline import process_batch
+    from grv_batch.runner import plan_run
+
+    corpus = tmp_path / "in"
+    corpus.mkdir()
+    tone = 0.3 * np.sin(2 * np.pi * 150 * np.arange(16000) / 16000)
+    sf.write(corpus / "take::1.wav", tone, 16000)
+    job = JobSpec()
+    plan = plan_run(str(corpus), str(tmp_path / "out"), job)
+    for task in plan.tasks:
+        process_batch(task, job=job, layout=plan.layout)
+    files = pd.read_parquet(tmp_path / "out" / "files").set_index("path")
+    assert files.loc["take::1.wav", "status"] == "ok", files.loc["take::1.wav", "error"]
+
+
+def test_patterns_that_can_never_match_are_refused():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="not folders"):
+        InputParams(patterns=["spk1/*.wav"])
+    with pytest.raises(ValidationError, match="at least one pattern"):
+        InputParams(patterns=[])
+
+
+def test_absolute_metadata_paths_join_a_single_file_input(tmp_path):
+    _touch(tmp_path, "corpus/a.wav")
+    audio = tmp_path / "corpus" / "a.wav"
+    meta = tmp_path / "meta.csv"
+    meta.write_text(f"path,gender\n{audio},female\n")
+    joined = join_metadata(discover(str(audio)), load_metadata(str(meta), input_url=str(audio)))
+    assert joined.files_without_metadata == 0 and joined.metadata_without_files == 0
