@@ -337,20 +337,26 @@ def join_metadata(corpus: Corpus, metadata: pd.DataFrame | None) -> MetadataJoin
     if metadata is None:
         return MetadataJoin({}, [], 0, 0, [])
     # metadata paths are NFC (load_metadata); a file's own name may be either form
-    file_of = {unicodedata.normalize("NFC", f.path): f.path for f in corpus.files}
-    found = set(file_of)
+    spellings: dict[str, list[str]] = {}
+    for f in corpus.files:
+        spellings.setdefault(unicodedata.normalize("NFC", f.path), []).append(f.path)
+    # a row names the file spelled as it is, else the one file its NFC form stands for; two files
+    # whose names differ only in normalisation, neither spelled as the row, are both left without
+    file_of = {key: key if key in paths else paths[0] for key, paths in spellings.items()
+               if key in paths or len(paths) == 1}
     rows = metadata.set_index("path", drop=False)
     known = set(rows.index)
-    missing_files = sorted(known - found)
+    matched = sorted(known & set(file_of))
+    unmatched_rows = sorted(known - set(file_of))
     columns = [c for c in metadata.columns if c != "path"]
     by_path = {
         file_of[p]: {c: _plain(v) for c, v in row.items() if c != "path"}
-        for p, row in rows.loc[sorted(known & found)].iterrows()
-    } if known & found else {}
+        for p, row in rows.loc[matched].iterrows()
+    } if matched else {}
     return MetadataJoin(by_path=by_path, columns=columns,
-                        files_without_metadata=len(found - known),
-                        metadata_without_files=len(missing_files),
-                        examples_missing_files=missing_files[:5])
+                        files_without_metadata=len(corpus.files) - len(by_path),
+                        metadata_without_files=len(unmatched_rows),
+                        examples_missing_files=unmatched_rows[:5])
 
 
 def _plain(value: Any) -> Any:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from grv_batch import storage
-from grv_batch.discovery import (AudioFile, InputError, InputParams, batch_id_for, content_version,
+from grv_batch.discovery import (AudioFile, Corpus, InputError, InputParams, batch_id_for, content_version,
                                  discover, file_id_for, join_metadata, load_metadata, plan_batches)
 from grv_batch.spec import JobError, JobSpec, load_job
 
@@ -424,3 +424,18 @@ def test_absolute_metadata_paths_join_a_single_file_input(tmp_path):
     meta.write_text(f"path,gender\n{audio},female\n")
     joined = join_metadata(discover(str(audio)), load_metadata(str(meta), input_url=str(audio)))
     assert joined.files_without_metadata == 0 and joined.metadata_without_files == 0
+
+
+def test_two_files_differing_only_in_unicode_normalisation_each_count_once():
+    """A row names the file spelled as it is (NFC); its NFD twin gets no row and is counted as a
+    file without metadata (it was folded into the other before)."""
+    import unicodedata
+
+    files = [AudioFile(file_id=file_id_for(p), path=p, url=p, size=1)
+             for p in sorted([unicodedata.normalize("NFC", "café.wav"), unicodedata.normalize("NFD", "café.wav"),
+                              "other.wav"])]
+    corpus = Corpus(input_url="in", root="in", files=files, protocol="file")
+    meta = pd.DataFrame({"path": [unicodedata.normalize("NFC", "café.wav")], "gender": ["female"]})
+    joined = join_metadata(corpus, meta)
+    assert list(joined.by_path) == [unicodedata.normalize("NFC", "café.wav")]
+    assert joined.files_without_metadata == 2 and joined.metadata_without_files == 0
