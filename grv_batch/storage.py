@@ -152,6 +152,8 @@ def location(url: str) -> str:
     in another folder is not), a URL without trailing slash and without its credentials."""
     if "://" not in url and not url.startswith("file:"):
         return os.path.realpath(url)
+    if url.startswith(("file://", "local://")):  # the same local folder, typed as a URL
+        return os.path.realpath(fsspec.core.url_to_fs(url)[1])
     return redact_url(url).rstrip("/")
 
 

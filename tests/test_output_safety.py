@@ -81,13 +81,17 @@ def test_overwrite_removes_what_grv_batch_wrote_and_nothing_else(corpus, tmp_pat
 
 
 def _finish_every_batch(plan) -> None:
-    """Leave what a finished run leaves for each planned batch: its completion record and rows."""
+    """Leave what a finished run leaves for each planned batch: its completion record and its files'
+    rows in ``files``, ``features`` and ``predictions`` (the columns resuming reads)."""
     out = Path(plan.out_url)
-    for folder in ("_batches", "files"):
+    for folder in ("_batches", "files", "features", "predictions"):
         (out / folder).mkdir(exist_ok=True)
     for t in plan.tasks:
         (out / "_batches" / f"{t.batch_id}.json").write_text("{}")
-        (out / "files" / f"part-{t.batch_id}.parquet").write_text("")
+        ids = [f.file_id for f in t.files]
+        pd.DataFrame({"file_id": ids, "status": "ok"}).to_parquet(out / "files" / f"part-{t.batch_id}.parquet")
+        for table in ("features", "predictions"):
+            pd.DataFrame({"file_id": ids}).to_parquet(out / table / f"part-{t.batch_id}.parquet")
 
 
 def test_edited_or_extended_metadata_reruns_only_the_batches_whose_rows_changed(tmp_path):
@@ -157,14 +161,16 @@ def test_cli_refuses_out_equal_to_input_with_one_line(corpus):
 
 
 def test_input_is_identified_by_where_it_is_not_how_it_was_typed(corpus, tmp_path, monkeypatch):
-    """``audio``, ``./audio/`` and the absolute path are one INPUT; the same relative name typed in
-    another folder is another INPUT, whose results must not be mixed into this OUT."""
+    """``audio``, ``./audio/``, the absolute path and its ``file://`` URL are one INPUT; the same
+    relative name typed in another folder is another INPUT, whose results must not be mixed into
+    this OUT."""
     folder, _ = corpus
     out = tmp_path / "out"
     monkeypatch.chdir(folder.parent)
     assert not plan_run("audio", str(out), JobSpec()).resuming
     assert plan_run("./audio/", str(out), JobSpec()).resuming
     assert plan_run(str(folder), str(out), JobSpec()).resuming
+    assert plan_run(f"file://{folder}", str(out), JobSpec()).resuming
     other = tmp_path / "elsewhere"
     make_mixed_corpus(other / "audio", n_voices=2, broken=False)
     monkeypatch.chdir(other)
