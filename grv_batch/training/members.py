@@ -96,7 +96,7 @@ def _random_crop(m: np.ndarray, rng: np.random.Generator, crop: int) -> np.ndarr
     return out
 
 
-def fit_frames(rows: pd.DataFrame, logmels: list, y: np.ndarray, *, seed: int = 0, epochs: int = 20,
+def fit_frames(rows: pd.DataFrame, logmels: list, y: np.ndarray, *, seed: int = 0, epochs: int = 40,
                crops_per_row: int = 1, width: int = 12, time_pool: int = 2):
     import keras
 

@@ -393,7 +393,7 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
     from grv_batch.training.dataset import extract
 
     t0 = time.time()
-    ep = {"voice_profile": 80, "frames": 20, "cv_mel": 25, **(epochs or {})}
+    ep = {"voice_profile": 80, "frames": 40, "cv_mel": 25, **(epochs or {})}
     meta = metadata if isinstance(metadata, pd.DataFrame) else (
         pd.read_parquet(metadata) if str(metadata).endswith(".parquet") else pd.read_csv(metadata))
     for col in ("path", "gender", "speaker_id"):
