@@ -703,7 +703,7 @@ def main(argv=None):
     ap.add_argument("--eval-variants", default="",
                     help="variants only tested, never trained on (robustness to an unseen channel)")
     ap.add_argument("--no-heldout-corpus", action="store_true")
-    ap.add_argument("--epochs", default="", help="e.g. frames=20,voice_profile=60")
+    ap.add_argument("--epochs", default="", help="e.g. frames=40,voice_profile=80 (the defaults)")
     ap.add_argument("--report", help="folder for out-of-fold predictions and the summary JSON")
     ap.add_argument("--version")
     a = ap.parse_args(argv)
