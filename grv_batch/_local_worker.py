@@ -32,7 +32,7 @@ def _prepare(worker) -> None:
         from grv_batch.pipeline import _prepare_worker
 
         _prepare_worker(worker)
-    except Exception:  # noqa: BLE001 - the first task's import of Keras then fails and says why
+    except Exception:  # noqa: BLE001 - the first task then prepares again, and reports what fails
         logging.getLogger("grv_batch").debug("worker preparation failed", exc_info=True)
 
 

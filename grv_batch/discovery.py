@@ -286,29 +286,43 @@ def _find_local(fs, root: str) -> dict[str, dict]:
     """``fs.find(root, detail=True)`` for a local folder, descending into linked folders too.
 
     A corpus put together from several disks links their folders in; fsspec's local ``find``
-    lists such a link as one entry and never looks inside. Each real folder is listed once, so a
-    link back up the tree (a loop) or a second link to the same folder adds nothing (the first in
-    name order names the files). A folder that cannot be read raises, as ``find`` does.
+    lists such a link as one entry and never looks inside. The folders inside INPUT are listed
+    first, so their files keep their own names; then the linked folders, each real folder once: a
+    link to a folder INPUT already holds, a second link to one folder, or a link back up the tree
+    adds nothing. A subfolder that cannot be read (permissions, gone since) is left out, as
+    ``find`` leaves it out; INPUT itself must be readable.
     """
     found: dict[str, dict] = {}
+    top = os.path.realpath(root)
     walked: set[str] = set()
-    folders = [root]
-    while folders:
-        folder = folders.pop()
+    own, linked = [root], []  # folders to list: reached without a link first
+    while own or linked:
+        folder = own.pop() if own else linked.pop()
         real = os.path.realpath(folder)
-        if real in walked:
+        above = folder != root and (real == top or top.startswith(real.rstrip(os.sep) + os.sep))
+        if real in walked or above:
             continue
         walked.add(real)
-        with os.scandir(folder) as it:
-            entries = sorted(it, key=lambda e: e.name)
-        inner = []
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            if folder == root:
+                raise
+            continue
+        inner_own, inner_linked = [], []
         for entry in entries:
-            if entry.is_dir():  # follows links
-                inner.append(entry.path)
+            try:
+                is_dir = entry.is_dir()  # follows links
+            except OSError:
+                is_dir = False
+            if is_dir:
+                (inner_linked if entry.is_symlink() else inner_own).append(entry.path)
             else:
                 info = fs.info(entry)  # from the directory entry, as fsspec's own listing does
                 found[info["name"]] = info
-        folders.extend(reversed(inner))
+        own.extend(reversed(inner_own))
+        linked.extend(reversed(inner_linked))
     return found
 
 

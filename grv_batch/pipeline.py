@@ -204,7 +204,6 @@ def _prepare_worker(worker=None) -> None:
     with _WORKER_LOCK:
         if _WORKER_READY:
             return
-        _WORKER_READY = True
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         try:
             from threadpoolctl import threadpool_limits
@@ -235,6 +234,9 @@ def _prepare_worker(worker=None) -> None:
             except RuntimeError:  # already initialised in this process: keep what it has
                 pass
         _exit_quickly_once_closed(worker)
+        # only now: if the background preparation failed, the first task prepares again and its
+        # failure is the task's, reported to the user
+        _WORKER_READY = True
 
 
 def _exit_quickly_once_closed(worker=None) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import hashlib
+import itertools
 import math
 import os
 import platform
@@ -25,7 +26,7 @@ from rich.markup import escape
 
 from grv_batch import storage
 from grv_batch._version import __version__
-from grv_batch.discovery import (Corpus, InputError, batch_id_for, discover, join_metadata,
+from grv_batch.discovery import (AudioFile, Corpus, InputError, batch_id_for, discover, join_metadata,
                                  load_metadata, plan_batches)
 from grv_batch.pipeline import (BATCHES_DIR, SHARD_TABLES, BatchTask, OutputLayout,
                                 error_batch_record, features_schema, predictions_schema,
@@ -206,6 +207,15 @@ def _remove_earlier_output(fs, out: str) -> None:
         path = storage.join(out, name)
         if storage.exists(fs, path):
             fs.rm(path, recursive=True)
+
+
+def _first_readable(tasks: Sequence[BatchTask]) -> list[AudioFile]:
+    """The first local file of ``tasks`` that the client can see, if any (looked for among a
+    few hundred, so that a corpus of broken links is not stat'ed whole)."""
+    for f in itertools.islice((f for t in tasks for f in t.files), 500):
+        if f.problem is None and os.path.exists(f.url):
+            return [f]
+    return []
 
 
 def _check_workers_see(client, paths: list[tuple[str, str]]) -> None:
@@ -424,11 +434,12 @@ def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = No
         or all(f"part-{t.batch_id}.{k}.parquet" in shards for k in range(len(t.files))))}
     if done:
         rows = read_table(fs, out, "files", ["file_id", "status"]).to_pandas()
-        # ... and so are the features and predictions rows of its ok files (a shard of those two
+        # ... and so are the features and predictions shards of its ok files (a shard of those two
         # tables lost since, by an interrupted copy of OUT say, would otherwise never come back)
         ok = set(rows.loc[rows["status"] == "ok", "file_id"])
-        lost = ok - (_file_ids(fs, out, "features") & _file_ids(fs, out, "predictions"))
-        done -= {t.batch_id for t in tasks if any(f.file_id in lost for f in t.files)}
+        kept = [set(storage.list_names(fs, storage.join(out, name))) for name in ("features", "predictions")]
+        done = {t.batch_id for t in tasks if t.batch_id in done and all(
+            name in names for names in kept for name in _ok_shards(t, ok, shards))}
         if job.output.retry_errors:
             failed = set(rows.loc[rows["status"] == "error", "file_id"])
             retried = {t.batch_id for t in tasks if any(f.file_id in failed for f in t.files)}
@@ -493,11 +504,13 @@ def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | No
     if stop is not None and stop.is_set():
         raise KeyboardInterrupt  # lost while the cluster started
     if pending:
-        # INPUT's folder, not one of its files: a file can be a broken link or gone since listing
-        # (an error row, not a reason to stop the run)
+        # INPUT's folder (an unmounted share still has its empty mount point) and a file of it that
+        # the client can read: a broken link or a file gone since listing is an error row, not a
+        # sign of a worker that cannot see INPUT
         first = pending[0].files[0].url
-        _check_workers_see(client, [("INPUT", first if "://" in first else plan.corpus.root),
-                                    ("OUT", storage.join(plan.layout.out_url, JOB_FILE))])
+        paths = [("INPUT", first)] if "://" in first else [("INPUT", plan.corpus.root)] + [
+            ("INPUT", f.url) for f in _first_readable(pending)]
+        _check_workers_see(client, paths + [("OUT", storage.join(plan.layout.out_url, JOB_FILE))])
     records = _execute(client, pending, job=job, layout=plan.layout, options=options,
                        console=console, progress=progress, stop=stop)
     if stop is not None and stop.is_set():
@@ -772,9 +785,12 @@ def read_table(fs, out: str, name: str, columns: list[str] | None = None) -> pa.
     return table
 
 
-def _file_ids(fs, out: str, name: str) -> set[str]:
-    """The file ids that have rows in output table ``name``."""
-    return set(read_table(fs, out, name, ["file_id"]).column("file_id").to_pylist())
+def _ok_shards(task: BatchTask, ok: set[str], files_shards: set[str]) -> list[str]:
+    """Names of the ``features`` and ``predictions`` shards a done batch holds for its ``ok``
+    files: its one shard, or one per file where it was split (as its ``files`` shards show)."""
+    if f"part-{task.batch_id}.parquet" in files_shards:
+        return [f"part-{task.batch_id}.parquet"] if any(f.file_id in ok for f in task.files) else []
+    return [f"part-{task.batch_id}.{k}.parquet" for k, f in enumerate(task.files) if f.file_id in ok]
 
 
 def _account(fs, out: str, corpus: Corpus, tasks: Sequence[BatchTask] = ()) -> dict[str, Any]:

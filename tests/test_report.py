@@ -260,12 +260,15 @@ def test_files_without_a_speaker_count_as_their_own_units_for_small():
     lab = _cohort_frame(20, 5, "lab")
     phone = _cohort_frame(150, 2, "phone").assign(speaker_id=None)
     few = _cohort_frame(3, 10, "few")
-    pred = pd.concat([lab, phone, few], ignore_index=True)
+    # 3 speakers with 30 files each and 7 files without a speaker: still about 3 units, not 10
+    stray = pd.concat([_cohort_frame(3, 30, "stray"), _cohort_frame(7, 1, "stray").assign(speaker_id=None)])
+    pred = pd.concat([lab, phone, few, stray], ignore_index=True)
     g = group_metrics(pred, None, params=ReportParams(groups=["cohort"], n_bootstrap=50))
     acc = g[(g["group_by"] == "cohort") & (g["metric"] == "accuracy")].set_index("group")
     assert acc.loc["phone", "n_speakers"] == 0 and not acc.loc["phone", "small"]
     assert acc.loc["lab", "n_speakers"] == 20 and not acc.loc["lab", "small"]
     assert acc.loc["few", "small"]  # 30 files, but from 3 speakers
+    assert acc.loc["stray", "small"] and acc.loc["stray", "n_files"] == 97
 
 
 def test_no_ground_truth(run_nogt):

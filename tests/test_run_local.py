@@ -609,6 +609,28 @@ def test_a_broken_link_listed_first_does_not_look_like_an_input_the_workers_cann
         run_job(str(corpus), str(tmp_path / "out"), job, client=SameMachineWorkers(), plan=plan)
 
 
+def test_a_worker_that_sees_only_an_empty_mount_point_still_stops_the_run(tmp_path):
+    """INPUT's folder is there on the worker (an unmounted share's mount point) but its files are
+    not: the check also looks for a file the client can read."""
+    from grv_batch.runner import RunFailed, plan_run, run_job
+    from grv_batch.spec import JobSpec
+
+    corpus = tmp_path / "corpus"
+    make_mixed_corpus(corpus, n_voices=2, broken=False)
+    job = JobSpec()
+    plan = plan_run(str(corpus), str(tmp_path / "out"), job)
+
+    class EmptyMountPoint:
+        def run(self, function, path):
+            return {"tcp://10.0.0.2:40000": path == str(corpus) or not path.startswith(str(corpus))}
+
+        def submit(self, *args, **kwargs):
+            raise AssertionError("no batch may be submitted")
+
+    with pytest.raises(RunFailed, match="cannot see INPUT"):
+        run_job(str(corpus), str(tmp_path / "out"), job, client=EmptyMountPoint(), plan=plan)
+
+
 def test_workers_that_cannot_see_a_local_input_stop_the_run_before_any_batch(tmp_path):
     """Workers of a named scheduler may run on other machines: a local INPUT they cannot see made
     every file an error row "file disappeared", and the run exited 0."""

@@ -168,7 +168,8 @@ def test_pipes_and_broken_links_are_listed_as_unreadable_and_never_opened(tmp_pa
 
 def test_files_in_linked_folders_are_found_once(tmp_path):
     """A corpus put together from several disks links their folders in: their files are found,
-    under the link's name; a link back up the tree, or a second link to one folder, adds nothing."""
+    under the link's name; a link back up the tree, a second link to one folder, or a link to a
+    folder inside INPUT (which keeps its own name) adds nothing."""
     corpus, disk2 = tmp_path / "in", tmp_path / "disk2"
     _touch(corpus, "spkA/a.wav")
     _touch(disk2, "spkB/b1.wav")
@@ -176,6 +177,7 @@ def test_files_in_linked_folders_are_found_once(tmp_path):
     (corpus / "spkB").symlink_to(disk2 / "spkB")
     (corpus / "spkB_again").symlink_to(disk2 / "spkB")
     (corpus / "spkA" / "loop").symlink_to(corpus)
+    (corpus / "0_current").symlink_to(corpus / "spkA")  # sorts first, names nothing
     found = discover(str(corpus))
     assert [f.path for f in found.files] == ["spkA/a.wav", "spkB/b1.wav", "spkB/b2.wav"]
     assert found.unmatched == 0

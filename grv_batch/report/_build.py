@@ -342,7 +342,7 @@ def render_html(
         "confident labels that are female. <b>mean_confidence</b>: average confidence.</li>"
         f"<li>A group is <b>too small to compare</b> when the files a metric is computed on number fewer than "
         f"{params.min_files} or come from fewer than {params.min_speakers} speakers (a file without a "
-        "speaker counts as one).</li>"
+        "speaker counts as one; where both kinds mix, by their effective number).</li>"
         "<li>Bands are derived from the features: speech seconds (<code>speech_s</code>), signal-to-noise "
         "(<code>snr_db</code>) and median pitch (<code>f0_p50</code>, 'unvoiced' when no pitch was found). "
         "Low-pitched women and high-pitched men are where a voice model is most likely to fail: compare "

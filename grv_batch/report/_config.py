@@ -30,8 +30,9 @@ class ReportParams(Params):
         Label permutations for the p-value of each largest gap (0 disables the test).
     min_speakers, min_files : int
         A group with fewer speakers (when speakers are known; a file without a speaker counts as
-        one) or fewer files than this, counted over the files a metric is computed on, is flagged ``small`` ("too small to compare") and
-        never takes part in the largest gaps. Below about ten speakers a cluster bootstrap
+        one, and a group mixing both counts its effective number of them) or fewer files than
+        this, counted over the files a metric is computed on, is flagged ``small`` ("too small to
+        compare") and never takes part in the largest gaps. Below about ten speakers a cluster bootstrap
         interval covers the truth far less often than its nominal level (72% at 5 speakers, 88%
         at 10 in a simulation), hence the default of 10.
     confidence_level : float

@@ -370,7 +370,9 @@ class GroupResult:
     replicates: np.ndarray  # (B, M)
     n_files: np.ndarray  # (M,)
     n_speakers: np.ndarray  # (M,) or NaN when speakers unknown
-    #: (M,) independent units the bootstrap draws: known speakers plus files without a speaker
+    #: (M,) how many independent units the bootstrap draws: the speakers where every file has
+    #: one; where some files have none (each drawn on its own), Kish's effective number
+    #: (sum n)**2 / sum n**2 over the units' file counts n
     n_clusters: np.ndarray
 
 
@@ -392,15 +394,19 @@ def _evaluate_group(
     reps = metrics_from_sums(bootstrap_sums(csums, params.n_bootstrap, _rng(params.seed, group_by, group)), metrics)
     den = np.array([_DENOMINATOR[m] for m in metrics])
     n_files = total[den]
-    used = csums[:, den] > 0  # (clusters, M): clusters with files a metric is computed on
+    counts = csums[:, den]  # (clusters, M): files each cluster has for each metric
     if speakers_known:
         spk_cluster = np.zeros(len(uniq), dtype=bool)
         spk_cluster[inv[is_known_speaker]] = True
-        n_speakers = (used & spk_cluster[:, None]).sum(axis=0).astype(float)
+        n_speakers = ((counts > 0) & spk_cluster[:, None]).sum(axis=0).astype(float)
     else:
         n_speakers = np.full(len(metrics), np.nan)
-    return GroupResult(group_by, group, metrics, value, reps, n_files, n_speakers,
-                       used.sum(axis=0).astype(float))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        effective = np.nan_to_num(n_files**2 / (counts**2).sum(axis=0))
+    if speakers_known:
+        all_have_one = (counts * spk_cluster[:, None]).sum(axis=0) == n_files
+        effective = np.where(all_have_one, n_speakers, effective)
+    return GroupResult(group_by, group, metrics, value, reps, n_files, n_speakers, effective)
 
 
 def _interval(value: float, reps: np.ndarray, level: float, *, basic: bool = False) -> tuple[float, float]:
@@ -475,9 +481,10 @@ def evaluate(
             else:
                 lo = hi = np.nan
             nf, ns = int(r.n_files[j]), r.n_speakers[j]
-            # the interval's honesty depends on how many independent units it resamples: known
-            # speakers, and each file without a speaker on its own (counting only the speakers made
-            # a large group of such files "too small" once any other file had a speaker)
+            # the interval's honesty depends on how many independent units it resamples, in
+            # effect: known speakers, and each file without a speaker on its own (counting only the
+            # speakers made a large group of such files "too small" once any other file had one;
+            # counting units plainly would let a few such files hide that a group has 3 speakers)
             small = nf < params.min_files or (speakers_known and r.n_clusters[j] < params.min_speakers)
             rows.append((group_by, group, m, v, lo, hi, nf, ns, bool(small)))
     table = pd.DataFrame(rows, columns=GROUPS_COLUMNS)
