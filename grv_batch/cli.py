@@ -198,7 +198,7 @@ def train(
     variants: Annotated[str, typer.Option("--variants", help="Augmentation variants trained and tested on, comma-separated.", show_default="clean, telephone, telephone2, wild, perturb, mobile: the shipped recipe")] = "clean,telephone,telephone2,wild,perturb,mobile",
     eval_variants: Annotated[str, typer.Option("--eval-variants", help="Variants only tested on held-out speakers, never trained on.")] = "",
     heldout_corpus: Annotated[bool, typer.Option("--heldout-corpus/--no-heldout-corpus", help="Also train on all corpora but one and test on that one.")] = True,
-    epochs: Annotated[str, typer.Option("--epochs", help="Per-member epochs, e.g. frames=40 (comma-separated member=N; defaults: frames=40, voice_profile=80, cv_mel=25).")] = "",
+    epochs: Annotated[str, typer.Option("--epochs", help="Per-member epochs, e.g. frames=40 (comma-separated member=N; members not named keep their default).")] = "",
     cache: Annotated[Optional[Path], typer.Option("--cache", help="Feature and out-of-fold cache (reruns are cheap).")] = None,
     report: Annotated[Optional[Path], typer.Option("--report", help="Folder for out-of-fold predictions and summary.json.")] = None,
     version: Annotated[Optional[str], typer.Option("--version", help="Bundle version (default: today's date).")] = None,

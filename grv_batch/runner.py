@@ -429,9 +429,8 @@ def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = No
     # a batch is done when its completion record is there and so are its rows (in one shard, or
     # one per file after a split): a record whose rows were lost would never be redone otherwise
     shards = set(storage.list_names(fs, storage.join(out, "files"))) if recorded else set()
-    done = {t.batch_id for t in tasks if t.batch_id in recorded and (
-        f"part-{t.batch_id}.parquet" in shards
-        or all(f"part-{t.batch_id}.{k}.parquet" in shards for k in range(len(t.files))))}
+    done = {t.batch_id for t in tasks if t.batch_id in recorded
+            and all(name in shards for _, name in _shards_of(t, shards))}
     if done:
         rows = read_table(fs, out, "files", ["file_id", "status"]).to_pandas()
         # ... and so are the features and predictions shards of its ok files (a shard of those two
@@ -439,7 +438,7 @@ def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = No
         ok = set(rows.loc[rows["status"] == "ok", "file_id"])
         kept = [set(storage.list_names(fs, storage.join(out, name))) for name in ("features", "predictions")]
         done = {t.batch_id for t in tasks if t.batch_id in done and all(
-            name in names for names in kept for name in _ok_shards(t, ok, shards))}
+            name in names for names in kept for f, name in _shards_of(t, shards) if f.file_id in ok)}
         if job.output.retry_errors:
             failed = set(rows.loc[rows["status"] == "error", "file_id"])
             retried = {t.batch_id for t in tasks if any(f.file_id in failed for f in t.files)}
@@ -785,12 +784,13 @@ def read_table(fs, out: str, name: str, columns: list[str] | None = None) -> pa.
     return table
 
 
-def _ok_shards(task: BatchTask, ok: set[str], files_shards: set[str]) -> list[str]:
-    """Names of the ``features`` and ``predictions`` shards a done batch holds for its ``ok``
-    files: its one shard, or one per file where it was split (as its ``files`` shards show)."""
-    if f"part-{task.batch_id}.parquet" in files_shards:
-        return [f"part-{task.batch_id}.parquet"] if any(f.file_id in ok for f in task.files) else []
-    return [f"part-{task.batch_id}.{k}.parquet" for k, f in enumerate(task.files) if f.file_id in ok]
+def _shards_of(task: BatchTask, files_shards: set[str]) -> list[tuple[AudioFile, str]]:
+    """Each file of a batch with the name of the shard that holds its rows (in every table): the
+    batch's one shard, or one per file where the batch was split (as its ``files`` shards show)."""
+    whole = f"part-{task.batch_id}.parquet"
+    if whole in files_shards:
+        return [(f, whole) for f in task.files]
+    return [(f, f"part-{task.batch_id}.{k}.parquet") for k, f in enumerate(task.files)]
 
 
 def _account(fs, out: str, corpus: Corpus, tasks: Sequence[BatchTask] = ()) -> dict[str, Any]:

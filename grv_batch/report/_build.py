@@ -302,8 +302,7 @@ def render_html(
                                           f"{g.name}: reliability"))
             if eligible:
                 tc = [(lv, conf[vals == lv], None if judged is None else judged[vals == lv]) for lv in eligible]
-                if tc:
-                    plots.append(P.to_img(P.threshold_curves(tc, combined=False), f"{g.name}: threshold curves"))
+                plots.append(P.to_img(P.threshold_curves(tc, combined=False), f"{g.name}: threshold curves"))
         parts.append('<div class="plots">' + "".join(plots) + "</div>")
         if len(plots) > 1:
             parts.append(

@@ -399,13 +399,13 @@ def _evaluate_group(
         spk_cluster = np.zeros(len(uniq), dtype=bool)
         spk_cluster[inv[is_known_speaker]] = True
         n_speakers = ((counts > 0) & spk_cluster[:, None]).sum(axis=0).astype(float)
+        all_have_one = (counts * spk_cluster[:, None]).sum(axis=0) == n_files
     else:
         n_speakers = np.full(len(metrics), np.nan)
+        all_have_one = np.zeros(len(metrics), dtype=bool)
     with np.errstate(invalid="ignore", divide="ignore"):
-        effective = np.nan_to_num(n_files**2 / (counts**2).sum(axis=0))
-    if speakers_known:
-        all_have_one = (counts * spk_cluster[:, None]).sum(axis=0) == n_files
-        effective = np.where(all_have_one, n_speakers, effective)
+        kish = np.nan_to_num(n_files**2 / (counts**2).sum(axis=0))
+    effective = np.where(all_have_one, n_speakers, kish)
     return GroupResult(group_by, group, metrics, value, reps, n_files, n_speakers, effective)
 
 

@@ -156,13 +156,14 @@ def threshold_table(confidence: np.ndarray, correct: np.ndarray | None) -> pd.Da
     not in accuracy); None when no file has ground truth.
     """
     conf = np.nan_to_num(confidence)
-    known = None if correct is None else ~np.isnan(np.asarray(correct, dtype=float))
+    right = None if correct is None else np.asarray(correct, dtype=float)
+    known = None if right is None else ~np.isnan(right)
     rows = []
     for t in THRESHOLDS:
         keep = conf >= t
         cov = float(keep.mean()) if len(conf) else np.nan
-        judged = keep & known if known is not None else None
-        acc = float(np.mean(np.asarray(correct, dtype=float)[judged])) if judged is not None and judged.any() else np.nan
+        judged = None if known is None else keep & known
+        acc = float(right[judged].mean()) if judged is not None and judged.any() else np.nan
         rows.append((t, cov, acc))
     return pd.DataFrame(rows, columns=["threshold", "coverage", "accuracy"])
 

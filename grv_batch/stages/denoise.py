@@ -260,10 +260,10 @@ def _spectral_gate_stationary(
     n = audio.size
     thresh = _noise_threshold(noise_ref)
     win = _hann()
-    # the chunk (zeros(_PAD), audio, zeros(_PAD)) in float64, extended by scipy.signal.stft's
-    # boundary="zeros" (n_fft // 2 each side)
     win_sum = float(win.sum())
     win32 = win.astype(np.float32)
+    # the chunk (zeros(_PAD), audio, zeros(_PAD)), extended by scipy.signal.stft's
+    # boundary="zeros" (n_fft // 2 each side)
     lead = _PAD + _N_FFT // 2
     x = np.zeros(n + 2 * lead, np.float32)
     x[lead : lead + n] = audio

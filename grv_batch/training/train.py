@@ -32,6 +32,8 @@ from grv_batch.training.augment import VARIANTS
 from grv_batch.training.metrics import binary_metrics, coverage_curve, markdown_table
 
 AUDIO_MEMBERS = ("voice_profile", "frames")
+#: training epochs of each member (``epochs`` of :func:`train_bundle` overrides some or all)
+EPOCHS = {"voice_profile": 80, "frames": 40, "cv_mel": 25}
 
 
 def _log(msg):
@@ -393,7 +395,7 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
     from grv_batch.training.dataset import extract
 
     t0 = time.time()
-    ep = {"voice_profile": 80, "frames": 40, "cv_mel": 25, **(epochs or {})}
+    ep = {**EPOCHS, **(epochs or {})}
     meta = metadata if isinstance(metadata, pd.DataFrame) else (
         pd.read_parquet(metadata) if str(metadata).endswith(".parquet") else pd.read_csv(metadata))
     for col in ("path", "gender", "speaker_id"):
@@ -703,7 +705,8 @@ def main(argv=None):
     ap.add_argument("--eval-variants", default="",
                     help="variants only tested, never trained on (robustness to an unseen channel)")
     ap.add_argument("--no-heldout-corpus", action="store_true")
-    ap.add_argument("--epochs", default="", help="e.g. frames=40,voice_profile=80 (the defaults)")
+    ap.add_argument("--epochs", default="", help="e.g. frames=40 (defaults: "
+                    + ",".join(f"{m}={n}" for m, n in EPOCHS.items()) + ")")
     ap.add_argument("--report", help="folder for out-of-fold predictions and the summary JSON")
     ap.add_argument("--version")
     a = ap.parse_args(argv)
