@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import signal
 import sys
@@ -220,6 +221,8 @@ def train(
             _fail(f"--{option}: unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANT_NAMES)}")
     if not names["variants"]:
         _fail(f"--variants needs at least one variant; known: {', '.join(VARIANT_NAMES)}")
+    if "pitch" in names["variants"] + names["eval-variants"] and importlib.util.find_spec("pyworld") is None:
+        _fail("the pitch variant needs pyworld (the WORLD vocoder): pip install 'grv-batch[train]'")
     try:
         per_member = {k.strip(): int(v) for k, v in (kv.split("=") for kv in _csv(epochs))}
     except ValueError:

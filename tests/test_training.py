@@ -183,3 +183,24 @@ def test_the_stack_fit_is_scikit_learns_logistic_regression_held_at_nonnegative_
     assert abs(bias - lr.intercept_[0]) < 1e-3 and w[1] < 0
     comb = _fit_combiner(X, y, ["a", "b"])
     assert comb["weights"]["b"] == 0.0 and comb["weights"]["a"] > 0
+
+
+@pytest.mark.parametrize("semitones", [-4.0, 4.0])
+def test_pitch_variant_moves_f0_and_keeps_the_formants(semitones):
+    """A 120 Hz vowel with formants 700/1220/2600 Hz, shifted by WORLD resynthesis: F0 moves by
+    the semitones asked for, the formants (the speaker's vocal tract, hence the label) stay."""
+    import numpy as np
+    from _audio import vowel
+
+    from grv_batch.features import analyze_window
+    from grv_batch.training.augment import make_variant, shift_pitch_keep_formants
+
+    sr = 16000
+    x = vowel(120.0, 2.0, sr)
+    before = analyze_window(x, sr).features
+    after = analyze_window(shift_pitch_keep_formants(x, sr, semitones).astype(np.float32), sr).features
+    assert after["f0_p50"] == pytest.approx(120.0 * 2 ** (semitones / 12), rel=0.03)
+    for k in ("f1_hz", "f2_hz", "f3_hz"):
+        assert after[k] == pytest.approx(before[k], rel=0.1)
+    y, rate = sf.read(make_variant(x, sr, "pitch", np.random.default_rng(0)))
+    assert abs(len(y) / rate - 2.0) < 0.05

@@ -1,5 +1,6 @@
 """Audio-domain augmentation for robustness: noise, telephone band, lossy codecs, reverberation,
-gain, small speed (pitch+tempo) changes. Every function is pure given its ``rng``.
+gain, small speed (pitch+tempo) changes, pitch shifts that keep the formants. Every function is
+pure given its ``rng``.
 
 Each *variant* turns one clip into encoded audio bytes (a file object) that goes through the same
 ``grv_batch.features.iter_windows`` as inference, so training sees exactly the inference features.
@@ -17,7 +18,7 @@ from scipy import signal
 #: The variants the shipped bundle is trained on (and ``grv-batch train``'s default).
 VARIANTS = ("clean", "telephone", "telephone2", "wild", "perturb", "mobile")
 #: Every variant :func:`make_variant` knows.
-VARIANT_NAMES = VARIANTS
+VARIANT_NAMES = VARIANTS + ("pitch",)
 
 
 def _rms(x):
@@ -159,6 +160,24 @@ def speed(x, sr, factor):
     return soxr.resample(x, sr * factor, sr)
 
 
+def shift_pitch_keep_formants(x, sr, semitones):
+    """F0 moved by ``semitones``, spectral envelope (formants) and aperiodicity kept.
+
+    WORLD vocoder analysis and resynthesis (``pyworld``: DIO + StoneMask F0, CheapTrick envelope,
+    D4C aperiodicity, 5 ms frames). The vocal tract stays the speaker's, so the label stays honest
+    while the pitch moves towards the other gender's range: a raised (angry, happy) male voice or a
+    low (sad) female one. ``x``: (n,) float; returns (about n,) float64.
+    """
+    import pyworld  # training-only dependency (the ``train`` extra)
+
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    f0, t = pyworld.dio(x, sr, frame_period=5.0)
+    f0 = pyworld.stonemask(x, f0, t, sr)
+    envelope = pyworld.cheaptrick(x, f0, t, sr)
+    aperiodicity = pyworld.d4c(x, f0, t, sr)
+    return pyworld.synthesize(f0 * 2.0 ** (semitones / 12.0), envelope, aperiodicity, sr, 5.0)
+
+
 def _encode(x, sr, fmt, subtype=None) -> io.BytesIO:
     peak = np.max(np.abs(x)) if len(x) else 0.0
     if peak > 0.99:
@@ -205,6 +224,12 @@ def make_variant(x: np.ndarray, sr: int, variant: str, rng: np.random.Generator)
         if rng.random() < 0.5:
             y, sr = codec_roundtrip(y * 0.3 / max(np.max(np.abs(y)), 1e-9), sr, rng)
         return _encode(y * 10 ** (rng.uniform(-35, 0) / 20) / max(np.max(np.abs(y)), 1e-9), sr, "WAV", "PCM_16")
+    if variant == "pitch":
+        # 2-5 semitones up or down with the formants kept, sometimes a codec, any gain
+        y = shift_pitch_keep_formants(x, sr, rng.choice([-1.0, 1.0]) * rng.uniform(2.0, 5.0))
+        if rng.random() < 0.3:
+            y, sr = codec_roundtrip(y * 0.3 / max(np.max(np.abs(y)), 1e-9), sr, rng)
+        return _encode(y * 10 ** (rng.uniform(-30, 0) / 20) / max(np.max(np.abs(y)), 1e-9), sr, "WAV", "PCM_16")
     if variant == "telephone2":
         return telephone_codec(x, sr, rng)
     if variant == "mobile":
