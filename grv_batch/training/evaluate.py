@@ -52,6 +52,8 @@ def targets(report: str | Path) -> list[dict]:
         add("mobile and internet calls (AMR-NB 4.75-12.2 kbit/s, Opus 6-16 kbit/s, noise, losses)",
             (F["variant"] == "mobile").to_numpy(), "")
     add("perturbed (speed +-6%, gain, codec)", (F["variant"] == "perturb").to_numpy(), "")
+    if (F["variant"] == "pitch").any():
+        add("pitch moved 2-5 semitones, formants kept (WORLD; codec, gain)", (F["variant"] == "pitch").to_numpy(), "")
     p = F["p_ensemble"].to_numpy()
     conf = np.maximum(p, 1 - p)
     op = summary.get("operating_point", {"confidence_threshold": thr, "disagreement": None})
