@@ -198,6 +198,7 @@ def train(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the folds, augmentation and network initialisation.")] = 0,
     variants: Annotated[str, typer.Option("--variants", help="Augmentation variants trained and tested on, comma-separated.", show_default="clean, telephone, telephone2, wild, perturb, mobile: the shipped recipe")] = "clean,telephone,telephone2,wild,perturb,mobile",
     eval_variants: Annotated[str, typer.Option("--eval-variants", help="Variants only tested on held-out speakers, never trained on.")] = "",
+    train_only: Annotated[str, typer.Option("--train-only", help="Variants only some audio members train on and nothing is scored on, e.g. pitch=voice_profile (comma-separated variant=member+member).")] = "",
     heldout_corpus: Annotated[bool, typer.Option("--heldout-corpus/--no-heldout-corpus", help="Also train on all corpora but one and test on that one.")] = True,
     epochs: Annotated[str, typer.Option("--epochs", help="Per-member epochs, e.g. frames=40 (comma-separated member=N; members not named keep their default).")] = "",
     cache: Annotated[Optional[Path], typer.Option("--cache", help="Feature and out-of-fold cache (reruns are cheap).")] = None,
@@ -214,14 +215,23 @@ def train(
         _fail(f"metadata {metadata} does not exist")
     if not data_root.is_dir():
         _fail(f"data root {data_root} is not a folder")
-    names = {"variants": _csv(variants), "eval-variants": _csv(eval_variants)}
+    try:
+        only = {v.strip(): tuple(m.strip() for m in ms.split("+")) for v, ms in (kv.split("=") for kv in _csv(train_only))}
+    except ValueError:
+        _fail(f"--train-only must look like pitch=voice_profile, got {train_only!r}")
+    names = {"variants": _csv(variants), "eval-variants": _csv(eval_variants), "train-only": list(only)}
     for option, values in names.items():
         unknown = [v for v in values if v not in VARIANT_NAMES]
         if unknown:
             _fail(f"--{option}: unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANT_NAMES)}")
     if not names["variants"]:
         _fail(f"--variants needs at least one variant; known: {', '.join(VARIANT_NAMES)}")
-    if "pitch" in names["variants"] + names["eval-variants"] and importlib.util.find_spec("pyworld") is None:
+    from grv_batch.training.train import AUDIO_MEMBERS
+
+    not_audio = sorted({m for ms in only.values() for m in ms} - set(AUDIO_MEMBERS))
+    if not_audio:
+        _fail(f"--train-only: {', '.join(not_audio)} is not an audio member; known: {', '.join(AUDIO_MEMBERS)}")
+    if "pitch" in sum(names.values(), []) and importlib.util.find_spec("pyworld") is None:
         _fail("the pitch variant needs pyworld (the WORLD vocoder): pip install 'grv-batch[train]'")
     try:
         per_member = {k.strip(): int(v) for k, v in (kv.split("=") for kv in _csv(epochs))}
@@ -243,7 +253,7 @@ def train(
         train_bundle(metadata=metadata, data_root=data_root, out=out, commonvoice=commonvoice,
                      cv_mel_model=cv_mel_model, seed_model=seed_model, folds=folds, seed=seed,
                      variants=tuple(names["variants"]), eval_variants=tuple(names["eval-variants"]),
-                     heldout_corpus=heldout_corpus, epochs=per_member, cache=cache, report=report,
+                     train_only=only, heldout_corpus=heldout_corpus, epochs=per_member, cache=cache, report=report,
                      version=version, workers=workers)
     except ManifestError as exc:  # the manifest or its audio, as train_bundle checks them
         _fail(str(exc))

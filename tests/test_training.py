@@ -40,7 +40,8 @@ def test_train_writes_a_bundle_that_loads_and_predicts(tiny_corpus, tmp_path):
     out, report = tmp_path / "bundle", tmp_path / "report"
     grv("train", "--metadata", str(manifest), "--data-root", str(root), "--out", str(out),
         "--cv-mel-model", str(SHIPPED_CV_MEL), "--folds", "2", "--variants", "clean",
-        "--eval-variants", "telephone", "--epochs", "voice_profile=2,frames=1",
+        "--eval-variants", "telephone", "--train-only", "pitch=voice_profile",
+        "--epochs", "voice_profile=2,frames=1",
         "--cache", str(tmp_path / "cache"), "--report", str(report), "--workers", "1",
         "--version", "0.0.1-test", timeout=600)
 
@@ -51,8 +52,10 @@ def test_train_writes_a_bundle_that_loads_and_predicts(tiny_corpus, tmp_path):
 
     summary = json.loads((report / "summary.json").read_text())
     assert summary["eval_variants"] == ["telephone"]
+    assert summary["train_only_variants"] == {"pitch": ["voice_profile"]}
     oof = pd.read_parquet(report / "oof_files.parquet")
-    # every clip scored out of fold in both conditions, the eval-only one included
+    # every clip scored out of fold in both conditions, the eval-only one included, the
+    # train-only one (voice_profile's pitch-shifted copies) never
     assert len(oof) == 16 * 2 and set(oof["variant"]) == {"clean", "telephone"}
     assert oof["p_ensemble"].between(0, 1).all()
     # a held-out-corpus table for each corpus, and every file's logits from members that never saw it
@@ -64,6 +67,7 @@ def test_train_writes_a_bundle_that_loads_and_predicts(tiny_corpus, tmp_path):
 @pytest.mark.parametrize(("option", "value", "message"), [
     ("--variants", "clean,underwater", "unknown variant(s) underwater"),
     ("--epochs", "frame=3", "unknown member(s) frame"),
+    ("--train-only", "pitch=cv_mel", "cv_mel is not an audio member"),
 ])
 def test_train_refuses_unknown_names(tiny_corpus, tmp_path, option, value, message):
     root, manifest = tiny_corpus

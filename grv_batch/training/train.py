@@ -379,7 +379,7 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
                  cache: str | os.PathLike | None = None, variants=VARIANTS, seed_model=None,
                  cv_mel_model: str | None = None, heldout_corpus: bool = True, workers: int = 2,
                  epochs: dict | None = None, name: str = "grv-batch", version: str | None = None,
-                 report: str | os.PathLike | None = None, eval_variants=()) -> dict:
+                 report: str | os.PathLike | None = None, eval_variants=(), train_only=None) -> dict:
     """Train, evaluate and write a model bundle to ``out``; returns the evaluation summary.
 
     ``metadata``: CSV/Parquet path or DataFrame with ``path`` (relative to ``data_root``),
@@ -387,7 +387,10 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
     parquet for the ``cv_mel`` member (or ``cv_mel_model``: an already trained ``.keras`` file);
     without either the bundle has the audio members only. ``eval_variants``: augmentation variants
     that are only *tested* (held-out speakers' audio in a condition no member, calibration or
-    combiner was fitted on), to measure robustness to an unseen channel.
+    combiner was fitted on), to measure robustness to an unseen channel. ``train_only``:
+    ``{variant: (audio member, ...)}``, variants only the named members train on and nothing is
+    scored on (e.g. ``{"pitch": ("voice_profile",)}``); the other members, and their memoised
+    results, are as without it.
     """
     import keras
 
@@ -407,8 +410,10 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
     meta["speaker_id"] = meta["speaker_id"].astype(str)
     cache = Path(cache or Path(tempfile.gettempdir()) / "grv-batch-features")
     variants, eval_variants = tuple(variants), tuple(v for v in eval_variants if v not in variants)
-    _log(f"extracting features for {len(meta)} clips x {list(variants + eval_variants)} (cache {cache})")
-    errors = extract(meta, data_root, cache, variants + eval_variants, seed=seed, workers=workers)
+    train_only = {v: tuple(ms) for v, ms in (train_only or {}).items() if v not in variants + eval_variants}
+    every = variants + eval_variants + tuple(train_only)
+    _log(f"extracting features for {len(meta)} clips x {list(every)} (cache {cache})")
+    errors = extract(meta, data_root, cache, every, seed=seed, workers=workers)
     for e in errors:
         _log(f"skipped: {e}")
     W, logmels = load_all(meta, cache, variants + eval_variants, seed)
@@ -419,6 +424,26 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
                          f"{folds} speakers (check --data-root and the manifest's paths)")
     y = (W["gender"] == "male").to_numpy()
     fit_rows = W["variant"].isin(variants).to_numpy()  # eval-only variants are never fitted on
+    # train-only windows live apart from W: never scored, only added to some members' training sets
+    X, xlogmels = load_all(meta, cache, tuple(train_only), seed) if train_only else (W.iloc[:0], [])
+    yx = (X["gender"] == "male").to_numpy()
+
+    def extra_variants(m: str) -> list[str]:
+        return sorted(v for v, ms in train_only.items() if m in ms)
+
+    def fit_member(m: str, rows: np.ndarray, xrows: np.ndarray, seed_: int):
+        """Member ``m`` fitted on W's ``rows`` plus X's ``xrows`` of the variants it trains on."""
+        xrows = xrows & X["variant"].isin(extra_variants(m)).to_numpy()
+        Wt = pd.concat([W[rows], X[xrows]], ignore_index=True)
+        yt = np.concatenate([y[rows], yx[xrows]])
+        if m == "voice_profile":
+            return M.fit_voice_profile(Wt, yt, seed=seed_, epochs=ep[m])
+        lm = [logmels[i] for i in np.flatnonzero(rows)] + [xlogmels[i] for i in np.flatnonzero(xrows)]
+        return M.fit_frames(Wt, lm, yt, seed=seed_, epochs=ep[m])
+
+    def member_sig(base: str, m: str) -> str:
+        # a member without train-only variants keeps the memo key it had before they existed
+        return _sig(base, extra_variants(m)) if extra_variants(m) else base
     _log(f"{len(W)} windows from {W['path'].nunique()} clips, {W['speaker_id'].nunique()} speakers")
 
     # ---- cv_mel (Common Voice only) ----
@@ -450,21 +475,21 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
         Zw[m] = np.full(len(W), np.nan)
     data_sig = _sig(sorted(meta["path"]), sorted(meta["speaker_id"]), list(variants), folds, seed, M.VERSION)
     oof_sig = _sig(data_sig, list(eval_variants)) if eval_variants else data_sig
+    xfold = X["speaker_id"].map(fold_map).to_numpy()
     for k in range(folds):
         tr, te = np.nonzero((fold != k) & fit_rows)[0], np.nonzero(fold == k)[0]
         assert not set(W["speaker_id"].iloc[tr]) & set(W["speaker_id"].iloc[te])
         _log(f"fold {k + 1}/{folds}: {len(tr)} train windows, {len(te)} test windows")
 
-        def _vp():
-            vp, vpc = M.fit_voice_profile(W.iloc[tr], y[tr], seed=seed + k, epochs=ep["voice_profile"])
-            return M.predict_member("voice_profile", vp, vpc, W.iloc[te], [logmels[i] for i in te])
+        def _oof(m, k=k, te=te):
+            model, config = fit_member(m, (fold != k) & fit_rows, xfold != k, seed + k)
+            return M.predict_member(m, model, config, W.iloc[te], [logmels[i] for i in te])
 
-        def _fr():
-            fr, frc = M.fit_frames(W.iloc[tr], [logmels[i] for i in tr], y[tr], seed=seed + k, epochs=ep["frames"])
-            return M.predict_member("frames", fr, frc, W.iloc[te], [logmels[i] for i in te])
-
-        Zw["voice_profile"][te] = _memo(cache, f"oof-vp-{k}-{_sig(oof_sig, ep['voice_profile'], M.VP_BAG)}", _vp)
-        Zw["frames"][te] = _memo(cache, f"oof-fr-{k}-{_sig(oof_sig, ep['frames'])}", _fr)
+        Zw["voice_profile"][te] = _memo(
+            cache, f"oof-vp-{k}-{_sig(member_sig(oof_sig, 'voice_profile'), ep['voice_profile'], M.VP_BAG)}",
+            lambda: _oof("voice_profile"))
+        Zw["frames"][te] = _memo(cache, f"oof-fr-{k}-{_sig(member_sig(oof_sig, 'frames'), ep['frames'])}",
+                                 lambda: _oof("frames"))
 
     # ---- file-level out-of-fold table ----
     F = member_table(W, Zw, members)
@@ -495,6 +520,7 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
     summary = evaluate_oof(F, members, threshold, has_original=bool(seed_model), fit_variants=variants)
     summary["operating_point"] = {**op, "target_accuracy": OPERATING_TARGET}
     summary["eval_variants"] = list(eval_variants)
+    summary["train_only_variants"] = {v: list(ms) for v, ms in train_only.items()}
     summary["folds"] = folds
     summary["calibration_choice_logloss"] = cal_scores
     summary["combiner"] = comb
@@ -507,19 +533,22 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
     if heldout_corpus and meta["corpus"].nunique() > 1:
         summary["heldout_corpus"], H = heldout_corpus_eval(W, logmels, y, F, members, trained, member_cal, comb,
                                                         ep, seed, has_original=bool(seed_model),
-                                                        cache=cache, data_sig=oof_sig, fit_rows=fit_rows)
+                                                        cache=cache, data_sig=oof_sig, fit_rows=fit_rows,
+                                                        fit_member=fit_member, extra_corpus=X["corpus"].to_numpy(),
+                                                        member_sig=member_sig)
 
     # ---- final members on every speaker ----
     _log("training final members on all speakers")
-    Wfit, yfit = W[fit_rows].reset_index(drop=True), y[fit_rows]
-    lmfit = [lm for lm, keep in zip(logmels, fit_rows) if keep]
-    trained["voice_profile"] = _memo_model(cache, f"final-vp-{_sig(data_sig, ep['voice_profile'], M.VP_BAG)}",
-                                           lambda: M.fit_voice_profile(Wfit, yfit, seed=seed, epochs=ep["voice_profile"]))
-    trained["frames"] = _memo_model(cache, f"final-fr-{_sig(data_sig, ep['frames'])}",
-                                    lambda: M.fit_frames(Wfit, lmfit, yfit, seed=seed, epochs=ep["frames"]))
+    every_x = np.ones(len(X), bool)
+    trained["voice_profile"] = _memo_model(
+        cache, f"final-vp-{_sig(member_sig(data_sig, 'voice_profile'), ep['voice_profile'], M.VP_BAG)}",
+        lambda: fit_member("voice_profile", fit_rows, every_x, seed))
+    trained["frames"] = _memo_model(cache, f"final-fr-{_sig(member_sig(data_sig, 'frames'), ep['frames'])}",
+                                    lambda: fit_member("frames", fit_rows, every_x, seed))
 
     version = version or _dt.datetime.now(_dt.timezone.utc).strftime("%Y.%m.%d")
     card = model_card(meta, variants, members, summary, folds, seed)
+    card["train_only_variants"] = {v: list(ms) for v, ms in train_only.items()}
     card["training_seconds"] = round(time.time() - t0, 1)
     write_bundle(out, name=name, version=version,
                  members={m: {"kind": m, "model": trained[m][0], "config": trained[m][1],
@@ -590,15 +619,24 @@ def operating_point_table(F: pd.DataFrame, fit_variants=None) -> list[dict]:
 
 
 def heldout_corpus_eval(W, logmels, y, F, members, trained, member_cal, comb, ep, seed, *, has_original,
-                        cache, data_sig, fit_rows=None):
+                        cache, data_sig, fit_rows=None, fit_member=None, extra_corpus=None, member_sig=None):
     """Train the audio members on two corpora, test on the third (calibration/combiner from k-fold OOF).
 
     Returns the metric rows, and the held-out files' raw member logits (:func:`member_table`: each
-    corpus predicted by audio members trained on the other corpora only).
+    corpus predicted by audio members trained on the other corpora only). ``fit_member(m, rows,
+    xrows, seed)``, ``extra_corpus`` and ``member_sig(sig, m)``: train-only windows as
+    :func:`train_bundle` keeps them (default: none).
     """
     from grv_batch.training import members as M
 
     fit_rows = np.ones(len(W), bool) if fit_rows is None else fit_rows
+    extra_corpus = np.array([], dtype=object) if extra_corpus is None else extra_corpus
+    member_sig = member_sig or (lambda sig, m: sig)
+    if fit_member is None:
+        def fit_member(m, rows, xrows, seed_):
+            if m == "voice_profile":
+                return M.fit_voice_profile(W[rows], y[rows], seed=seed_, epochs=ep[m])
+            return M.fit_frames(W[rows], [logmels[i] for i in np.flatnonzero(rows)], y[rows], seed=seed_, epochs=ep[m])
     rows, held = [], []
     for c in sorted(W["corpus"].unique()):
         corpus = W["corpus"].to_numpy()
@@ -609,16 +647,15 @@ def heldout_corpus_eval(W, logmels, y, F, members, trained, member_cal, comb, ep
             Zte["cv_mel"] = M.predict_member("cv_mel", trained["cv_mel"][0], trained["cv_mel"][1], W.iloc[te],
                                              [logmels[i] for i in te])
 
-        def _vp():
-            vp, vpc = M.fit_voice_profile(W.iloc[tr], y[tr], seed=seed, epochs=ep["voice_profile"])
-            return M.predict_member("voice_profile", vp, vpc, W.iloc[te], [logmels[i] for i in te])
+        def _held(m, c=c, te=te):
+            model, config = fit_member(m, (corpus != c) & fit_rows, extra_corpus != c, seed)
+            return M.predict_member(m, model, config, W.iloc[te], [logmels[i] for i in te])
 
-        def _fr():
-            fr, frc = M.fit_frames(W.iloc[tr], [logmels[i] for i in tr], y[tr], seed=seed, epochs=ep["frames"])
-            return M.predict_member("frames", fr, frc, W.iloc[te], [logmels[i] for i in te])
-
-        Zte["voice_profile"] = _memo(cache, f"hoc-vp-{c}-{_sig(data_sig, ep['voice_profile'], M.VP_BAG)}", _vp)
-        Zte["frames"] = _memo(cache, f"hoc-fr-{c}-{_sig(data_sig, ep['frames'])}", _fr)
+        Zte["voice_profile"] = _memo(
+            cache, f"hoc-vp-{c}-{_sig(member_sig(data_sig, 'voice_profile'), ep['voice_profile'], M.VP_BAG)}",
+            lambda: _held("voice_profile"))
+        Zte["frames"] = _memo(cache, f"hoc-fr-{c}-{_sig(member_sig(data_sig, 'frames'), ep['frames'])}",
+                              lambda: _held("frames"))
         Wte = W.iloc[te].reset_index(drop=True)
         held.append(member_table(Wte, Zte, members))
         G = member_table(Wte, {m: cal.apply(member_cal[m], Zte[m]) for m in members}, members)
@@ -704,6 +741,8 @@ def main(argv=None):
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--eval-variants", default="",
                     help="variants only tested, never trained on (robustness to an unseen channel)")
+    ap.add_argument("--train-only", default="",
+                    help="variants only some audio members train on, never scored: e.g. pitch=voice_profile")
     ap.add_argument("--no-heldout-corpus", action="store_true")
     ap.add_argument("--epochs", default="", help="e.g. frames=40 (defaults: "
                     + ",".join(f"{m}={n}" for m, n in EPOCHS.items()) + ")")
@@ -715,7 +754,8 @@ def main(argv=None):
                  folds=a.folds, seed=a.seed, cache=a.cache, variants=tuple(a.variants.split(",")),
                  seed_model=a.seed_model, cv_mel_model=a.cv_mel_model, heldout_corpus=not a.no_heldout_corpus,
                  workers=a.workers, epochs=epochs, version=a.version, report=a.report,
-                 eval_variants=tuple(v for v in a.eval_variants.split(",") if v))
+                 eval_variants=tuple(v for v in a.eval_variants.split(",") if v),
+                 train_only={v: tuple(ms.split("+")) for v, ms in (kv.split("=") for kv in a.train_only.split(",") if kv)})
 
 
 if __name__ == "__main__":
