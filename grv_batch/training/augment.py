@@ -178,6 +178,14 @@ def shift_pitch_keep_formants(x, sr, semitones):
     return pyworld.synthesize(f0 * 2.0 ** (semitones / 12.0), envelope, aperiodicity, sr, 5.0)
 
 
+def _codec_sometimes_then_level(y, sr, rng, p_codec: float, min_db: float) -> io.BytesIO:
+    """With probability ``p_codec`` a lossy codec round trip, then a peak level drawn from
+    ``min_db``..0 dB of full scale; as a 16-bit WAV file object."""
+    if rng.random() < p_codec:
+        y, sr = codec_roundtrip(y * 0.3 / max(np.max(np.abs(y)), 1e-9), sr, rng)
+    return _encode(y * 10 ** (rng.uniform(min_db, 0) / 20) / max(np.max(np.abs(y)), 1e-9), sr, "WAV", "PCM_16")
+
+
 def _encode(x, sr, fmt, subtype=None) -> io.BytesIO:
     peak = np.max(np.abs(x)) if len(x) else 0.0
     if peak > 0.99:
@@ -221,15 +229,11 @@ def make_variant(x: np.ndarray, sr: int, variant: str, rng: np.random.Generator)
         y = speed(x, sr, rng.uniform(0.94, 1.06))
         if rng.random() < 0.5:
             y = add_noise(y, sr, rng.uniform(15, 30), "pink", rng)
-        if rng.random() < 0.5:
-            y, sr = codec_roundtrip(y * 0.3 / max(np.max(np.abs(y)), 1e-9), sr, rng)
-        return _encode(y * 10 ** (rng.uniform(-35, 0) / 20) / max(np.max(np.abs(y)), 1e-9), sr, "WAV", "PCM_16")
+        return _codec_sometimes_then_level(y, sr, rng, 0.5, -35.0)
     if variant == "pitch":
         # 2-5 semitones up or down with the formants kept, sometimes a codec, any gain
         y = shift_pitch_keep_formants(x, sr, rng.choice([-1.0, 1.0]) * rng.uniform(2.0, 5.0))
-        if rng.random() < 0.3:
-            y, sr = codec_roundtrip(y * 0.3 / max(np.max(np.abs(y)), 1e-9), sr, rng)
-        return _encode(y * 10 ** (rng.uniform(-30, 0) / 20) / max(np.max(np.abs(y)), 1e-9), sr, "WAV", "PCM_16")
+        return _codec_sometimes_then_level(y, sr, rng, 0.3, -30.0)
     if variant == "telephone2":
         return telephone_codec(x, sr, rng)
     if variant == "mobile":

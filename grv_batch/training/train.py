@@ -32,6 +32,8 @@ from grv_batch.training.augment import VARIANTS
 from grv_batch.training.metrics import binary_metrics, coverage_curve, markdown_table
 
 AUDIO_MEMBERS = ("voice_profile", "frames")
+#: each audio member's name in memo tags (``oof-vp-...``, ``final-fr-...``)
+_MEMO_NAME = {"voice_profile": "vp", "frames": "fr"}
 #: training epochs of each member (``epochs`` of :func:`train_bundle` overrides some or all)
 EPOCHS = {"voice_profile": 80, "frames": 40, "cv_mel": 25}
 
@@ -431,9 +433,11 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
     def extra_variants(m: str) -> list[str]:
         return sorted(v for v, ms in train_only.items() if m in ms)
 
-    def fit_member(m: str, rows: np.ndarray, xrows: np.ndarray, seed_: int):
-        """Member ``m`` fitted on W's ``rows`` plus X's ``xrows`` of the variants it trains on."""
-        xrows = xrows & X["variant"].isin(extra_variants(m)).to_numpy()
+    def fit_member(m: str, keep, seed_: int):
+        """Member ``m`` fitted on the windows ``keep(table)`` selects (a boolean mask of any window
+        table): of W's fitted variants, and of X's train-only variants that ``m`` trains on."""
+        rows = keep(W) & fit_rows
+        xrows = keep(X) & X["variant"].isin(extra_variants(m)).to_numpy()
         Wt = pd.concat([W[rows], X[xrows]], ignore_index=True)
         yt = np.concatenate([y[rows], yx[xrows]])
         if m == "voice_profile":
@@ -441,9 +445,11 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
         lm = [logmels[i] for i in np.flatnonzero(rows)] + [xlogmels[i] for i in np.flatnonzero(xrows)]
         return M.fit_frames(Wt, lm, yt, seed=seed_, epochs=ep[m])
 
-    def member_sig(base: str, m: str) -> str:
-        # a member without train-only variants keeps the memo key it had before they existed
-        return _sig(base, extra_variants(m)) if extra_variants(m) else base
+    def member_key(base: str, m: str) -> str:
+        """Memo key of member ``m`` trained on the data ``base`` names; a member without train-only
+        variants keeps the key it had before they existed."""
+        data = _sig(base, extra_variants(m)) if extra_variants(m) else base
+        return _sig(data, ep[m], *((M.VP_BAG,) if m == "voice_profile" else ()))
     _log(f"{len(W)} windows from {W['path'].nunique()} clips, {W['speaker_id'].nunique()} speakers")
 
     # ---- cv_mel (Common Voice only) ----
@@ -475,21 +481,17 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
         Zw[m] = np.full(len(W), np.nan)
     data_sig = _sig(sorted(meta["path"]), sorted(meta["speaker_id"]), list(variants), folds, seed, M.VERSION)
     oof_sig = _sig(data_sig, list(eval_variants)) if eval_variants else data_sig
-    xfold = X["speaker_id"].map(fold_map).to_numpy()
     for k in range(folds):
         tr, te = np.nonzero((fold != k) & fit_rows)[0], np.nonzero(fold == k)[0]
         assert not set(W["speaker_id"].iloc[tr]) & set(W["speaker_id"].iloc[te])
         _log(f"fold {k + 1}/{folds}: {len(tr)} train windows, {len(te)} test windows")
 
         def _oof(m, k=k, te=te):
-            model, config = fit_member(m, (fold != k) & fit_rows, xfold != k, seed + k)
+            model, config = fit_member(m, lambda T: T["speaker_id"].map(fold_map).to_numpy() != k, seed + k)
             return M.predict_member(m, model, config, W.iloc[te], [logmels[i] for i in te])
 
-        Zw["voice_profile"][te] = _memo(
-            cache, f"oof-vp-{k}-{_sig(member_sig(oof_sig, 'voice_profile'), ep['voice_profile'], M.VP_BAG)}",
-            lambda: _oof("voice_profile"))
-        Zw["frames"][te] = _memo(cache, f"oof-fr-{k}-{_sig(member_sig(oof_sig, 'frames'), ep['frames'])}",
-                                 lambda: _oof("frames"))
+        for m in AUDIO_MEMBERS:
+            Zw[m][te] = _memo(cache, f"oof-{_MEMO_NAME[m]}-{k}-{member_key(oof_sig, m)}", lambda m=m: _oof(m))
 
     # ---- file-level out-of-fold table ----
     F = member_table(W, Zw, members)
@@ -531,20 +533,16 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
     # ---- held-out corpus ----
     H = None
     if heldout_corpus and meta["corpus"].nunique() > 1:
-        summary["heldout_corpus"], H = heldout_corpus_eval(W, logmels, y, F, members, trained, member_cal, comb,
-                                                        ep, seed, has_original=bool(seed_model),
-                                                        cache=cache, data_sig=oof_sig, fit_rows=fit_rows,
-                                                        fit_member=fit_member, extra_corpus=X["corpus"].to_numpy(),
-                                                        member_sig=member_sig)
+        summary["heldout_corpus"], H = heldout_corpus_eval(W, logmels, F, members, trained, member_cal, comb,
+                                                        seed, has_original=bool(seed_model), cache=cache,
+                                                        data_sig=oof_sig, fit_rows=fit_rows,
+                                                        fit_member=fit_member, member_key=member_key)
 
     # ---- final members on every speaker ----
     _log("training final members on all speakers")
-    every_x = np.ones(len(X), bool)
-    trained["voice_profile"] = _memo_model(
-        cache, f"final-vp-{_sig(member_sig(data_sig, 'voice_profile'), ep['voice_profile'], M.VP_BAG)}",
-        lambda: fit_member("voice_profile", fit_rows, every_x, seed))
-    trained["frames"] = _memo_model(cache, f"final-fr-{_sig(member_sig(data_sig, 'frames'), ep['frames'])}",
-                                    lambda: fit_member("frames", fit_rows, every_x, seed))
+    for m in AUDIO_MEMBERS:
+        trained[m] = _memo_model(cache, f"final-{_MEMO_NAME[m]}-{member_key(data_sig, m)}",
+                                 lambda m=m: fit_member(m, lambda T: np.ones(len(T), bool), seed))
 
     version = version or _dt.datetime.now(_dt.timezone.utc).strftime("%Y.%m.%d")
     card = model_card(meta, variants, members, summary, folds, seed)
@@ -618,25 +616,16 @@ def operating_point_table(F: pd.DataFrame, fit_variants=None) -> list[dict]:
     return rows
 
 
-def heldout_corpus_eval(W, logmels, y, F, members, trained, member_cal, comb, ep, seed, *, has_original,
-                        cache, data_sig, fit_rows=None, fit_member=None, extra_corpus=None, member_sig=None):
+def heldout_corpus_eval(W, logmels, F, members, trained, member_cal, comb, seed, *, has_original,
+                        cache, data_sig, fit_rows, fit_member, member_key):
     """Train the audio members on two corpora, test on the third (calibration/combiner from k-fold OOF).
 
     Returns the metric rows, and the held-out files' raw member logits (:func:`member_table`: each
-    corpus predicted by audio members trained on the other corpora only). ``fit_member(m, rows,
-    xrows, seed)``, ``extra_corpus`` and ``member_sig(sig, m)``: train-only windows as
-    :func:`train_bundle` keeps them (default: none).
+    corpus predicted by audio members trained on the other corpora only). ``fit_member(m, keep,
+    seed)`` and ``member_key(sig, m)``: :func:`train_bundle`'s, which know its train-only windows.
     """
     from grv_batch.training import members as M
 
-    fit_rows = np.ones(len(W), bool) if fit_rows is None else fit_rows
-    extra_corpus = np.array([], dtype=object) if extra_corpus is None else extra_corpus
-    member_sig = member_sig or (lambda sig, m: sig)
-    if fit_member is None:
-        def fit_member(m, rows, xrows, seed_):
-            if m == "voice_profile":
-                return M.fit_voice_profile(W[rows], y[rows], seed=seed_, epochs=ep[m])
-            return M.fit_frames(W[rows], [logmels[i] for i in np.flatnonzero(rows)], y[rows], seed=seed_, epochs=ep[m])
     rows, held = [], []
     for c in sorted(W["corpus"].unique()):
         corpus = W["corpus"].to_numpy()
@@ -648,14 +637,11 @@ def heldout_corpus_eval(W, logmels, y, F, members, trained, member_cal, comb, ep
                                              [logmels[i] for i in te])
 
         def _held(m, c=c, te=te):
-            model, config = fit_member(m, (corpus != c) & fit_rows, extra_corpus != c, seed)
+            model, config = fit_member(m, lambda T: T["corpus"].to_numpy() != c, seed)
             return M.predict_member(m, model, config, W.iloc[te], [logmels[i] for i in te])
 
-        Zte["voice_profile"] = _memo(
-            cache, f"hoc-vp-{c}-{_sig(member_sig(data_sig, 'voice_profile'), ep['voice_profile'], M.VP_BAG)}",
-            lambda: _held("voice_profile"))
-        Zte["frames"] = _memo(cache, f"hoc-fr-{c}-{_sig(member_sig(data_sig, 'frames'), ep['frames'])}",
-                              lambda: _held("frames"))
+        for m in AUDIO_MEMBERS:
+            Zte[m] = _memo(cache, f"hoc-{_MEMO_NAME[m]}-{c}-{member_key(data_sig, m)}", lambda m=m: _held(m))
         Wte = W.iloc[te].reset_index(drop=True)
         held.append(member_table(Wte, Zte, members))
         G = member_table(Wte, {m: cal.apply(member_cal[m], Zte[m]) for m in members}, members)
