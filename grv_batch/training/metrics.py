@@ -32,6 +32,26 @@ def binary_metrics(y, p) -> dict:
     }
 
 
+def wilson_lower_bound(correct: float, n: float, *, confidence: float = 0.95) -> float:
+    """One-sided Wilson score lower bound on a proportion (``correct`` of ``n``); 0 when ``n`` is 0.
+
+    Parameters
+    ----------
+    correct, n : float
+        Successes and trials.
+    confidence : float
+        One-sided confidence level, e.g. 0.95 (z = 1.645).
+    """
+    from scipy.stats import norm
+
+    if n <= 0:
+        return 0.0
+    z, phat = float(norm.ppf(confidence)), correct / n
+    centre = phat + z * z / (2 * n)
+    spread = z * np.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n))
+    return float((centre - spread) / (1 + z * z / n))
+
+
 def coverage_curve(y, p, thresholds=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)) -> list[dict]:
     y = np.asarray(y, dtype=float)
     p = np.asarray(p, dtype=float)
