@@ -120,6 +120,11 @@ def tables(report: str | Path) -> str:
     if "heldout_corpus" in s:
         out += ["### Held-out corpus: audio members trained on the other two corpora", "",
                 pivot(s["heldout_corpus"], ["heldout_corpus", "variant"], "accuracy"), ""]
+    if "heldout_corpus_operating_point" in s:
+        op = s["operating_point"]
+        out += [f"### Held-out corpus at the operating point (threshold {op['confidence_threshold']}, disagreement "
+                f"{op['disagreement']}; ensemble, every fitted condition pooled)", "",
+                markdown_table(s["heldout_corpus_operating_point"]), ""]
     return "\n".join(out)
 
 

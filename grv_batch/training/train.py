@@ -547,10 +547,10 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
     # ---- held-out corpus ----
     H = None
     if heldout_corpus and meta["corpus"].nunique() > 1:
-        summary["heldout_corpus"], H = heldout_corpus_eval(W, logmels, F, members, trained, member_cal, comb,
-                                                        seed, has_original=bool(seed_model), cache=cache,
-                                                        data_sig=oof_sig, fit_rows=fit_rows,
-                                                        fit_member=fit_member, member_key=member_key)
+        summary["heldout_corpus"], summary["heldout_corpus_operating_point"], H = heldout_corpus_eval(
+            W, logmels, F, members, trained, member_cal, comb, seed, has_original=bool(seed_model), cache=cache,
+            data_sig=oof_sig, fit_rows=fit_rows, fit_member=fit_member, member_key=member_key,
+            operating_point=op, fit_variants=variants)
 
     # ---- final members on every speaker ----
     _log("training final members on all speakers")
@@ -631,16 +631,18 @@ def operating_point_table(F: pd.DataFrame, fit_variants=None) -> list[dict]:
 
 
 def heldout_corpus_eval(W, logmels, F, members, trained, member_cal, comb, seed, *, has_original,
-                        cache, data_sig, fit_rows, fit_member, member_key):
+                        cache, data_sig, fit_rows, fit_member, member_key, operating_point, fit_variants):
     """Train the audio members on two corpora, test on the third (calibration/combiner from k-fold OOF).
 
-    Returns the metric rows, and the held-out files' raw member logits (:func:`member_table`: each
-    corpus predicted by audio members trained on the other corpora only). ``fit_member(m, keep,
-    seed)`` and ``member_key(sig, m)``: :func:`train_bundle`'s, which know its train-only windows.
+    Returns the metric rows; coverage and accuracy on labelled files at ``operating_point`` per
+    held-out corpus and pooled (``fit_variants`` only); and the held-out files' raw member logits
+    (:func:`member_table`: each corpus predicted by audio members trained on the other corpora
+    only). ``fit_member(m, keep, seed)`` and ``member_key(sig, m)``: :func:`train_bundle`'s, which
+    know its train-only windows.
     """
     from grv_batch.training import members as M
 
-    rows, held = [], []
+    rows, held, labelled = [], [], []
     for c in sorted(W["corpus"].unique()):
         corpus = W["corpus"].to_numpy()
         tr, te = np.nonzero((corpus != c) & fit_rows)[0], np.nonzero(corpus == c)[0]
@@ -664,6 +666,9 @@ def heldout_corpus_eval(W, logmels, F, members, trained, member_cal, comb, seed,
         G["p_ensemble"] = cal.sigmoid(_ensemble_logit(comb, comb.get("calibration"), Zc, members))
         for m in members:
             G[f"p_{m}"] = cal.sigmoid(G[f"zc_{m}"].fillna(0.0))
+        G["label"] = file_labels(G, members, G["p_ensemble"].to_numpy(), operating_point["confidence_threshold"],
+                                 operating_point["disagreement"])
+        labelled.append(G[G["variant"].isin(fit_variants)].assign(heldout_corpus=c))
         if has_original:
             G = G.merge(F[["path", "variant", "p_original"]], on=["path", "variant"], how="left")
         for variant, g in G.groupby("variant", sort=True):
@@ -672,7 +677,14 @@ def heldout_corpus_eval(W, logmels, F, members, trained, member_cal, comb, seed,
                 m = binary_metrics(yy, g[col].to_numpy())
                 rows.append({"heldout_corpus": c, "variant": variant, "model": name, "n": m["n"],
                              "accuracy": m["accuracy"], "ece": m["ece"]})
-    return rows, pd.concat(held, ignore_index=True)
+    L = pd.concat(labelled, ignore_index=True)
+    op_rows = []
+    for c, g in [("all, pooled", L)] + list(L.groupby("heldout_corpus", sort=True)):
+        m, right = g["label"].to_numpy() != "uncertain", (g["p_ensemble"] > 0.5) == (g["gender"] == "male")
+        op_rows.append({"heldout_corpus": c, "n": int(len(g)), "accuracy": float(right.mean()),
+                        "coverage": float(m.mean()),
+                        "accuracy_labelled": float(right[m].mean()) if m.any() else float("nan")})
+    return rows, op_rows, pd.concat(held, ignore_index=True)
 
 
 def model_card(meta, variants, members, summary, folds, seed) -> dict:
