@@ -62,6 +62,10 @@ def test_train_writes_a_bundle_that_loads_and_predicts(tiny_corpus, tmp_path):
     assert {r["heldout_corpus"] for r in summary["heldout_corpus"]} == {"a", "b"}
     held = pd.read_parquet(report / "heldout_files.parquet")
     assert len(held) == 16 * 2 and {"z_cv_mel", "z_voice_profile", "z_frames"} <= set(held.columns)
+    # coverage at the operating point per held-out corpus, on the fitted condition only (16 clips)
+    op = {r["heldout_corpus"]: r for r in summary["heldout_corpus_operating_point"]}
+    assert set(op) == {"all, pooled", "a", "b"} and op["all, pooled"]["n"] == 16
+    assert 0.0 <= op["all, pooled"]["coverage"] <= 1.0
 
 
 @pytest.mark.parametrize(("option", "value", "message"), [
