@@ -238,3 +238,26 @@ def test_pitch_variant_moves_f0_and_keeps_the_formants(semitones):
         assert after[k] == pytest.approx(before[k], rel=0.1)
     y, rate = sf.read(make_variant(x, sr, "pitch", np.random.default_rng(0)))
     assert abs(len(y) / rate - 2.0) < 0.05
+
+
+def test_cached_features_are_named_by_the_analysis_parameters(monkeypatch, tmp_path):
+    """A feature cache (and the members memoised from it) written with other analysis parameters,
+    or before FEATURES_VERSION was bumped, is never read back as current."""
+    import grv_batch.features
+    from grv_batch.features import AnalysisParams
+    from grv_batch.training import dataset
+
+    def cache_folder():
+        dataset.feature_signature.cache_clear()
+        return dataset._cache_file(tmp_path, "a.wav", "clean", 0).parent.name
+
+    now = cache_folder()
+    monkeypatch.setattr(grv_batch.features, "AnalysisParams",
+                        lambda: AnalysisParams(features={"max_formant_frames": 100}))
+    other_params = cache_folder()
+    monkeypatch.undo()
+    monkeypatch.setattr(dataset, "FEATURES_VERSION", dataset.FEATURES_VERSION + 1)
+    other_version = cache_folder()
+    monkeypatch.undo()
+    assert cache_folder() == now
+    assert len({now, other_params, other_version}) == 3 and now.startswith("clean-")

@@ -6,8 +6,7 @@ __all__ = ["VARIANTS", "VARIANT_NAMES", "train_bundle"]
 
 
 def __getattr__(name: str):
-    # imported on first use, so `python -m grv_batch.training.train` does not find its own
-    # module already imported by the package (runpy warns about that)
+    # imported on first use: the package is imported for VARIANTS by code that never trains
     if name == "train_bundle":
         from grv_batch.training.train import train_bundle
 

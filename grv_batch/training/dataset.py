@@ -5,6 +5,7 @@ Features come from :func:`grv_batch.features.iter_windows`, exactly as at infere
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -15,17 +16,29 @@ import numpy as np
 import pandas as pd
 
 
+#: bump when feature extraction or an augmentation variant changes its numbers while the analysis
+#: parameters stay the same: cached features, and the members memoised from them, are keyed by it
+FEATURES_VERSION = 1
+
+
+@functools.cache
+def feature_signature() -> str:
+    """Names what cached features are: the feature columns (the arrays are stored in their order),
+    the analysis parameters they were computed with, and :data:`FEATURES_VERSION`."""
+    from grv_batch.features import FEATURE_COLUMNS, AnalysisParams
+
+    what = [list(FEATURE_COLUMNS), AnalysisParams().model_dump(mode="json"), FEATURES_VERSION]
+    return hashlib.sha1(json.dumps(what, sort_keys=True).encode()).hexdigest()[:8]
+
+
 def _key(path: str, variant: str, seed: int) -> str:
     return hashlib.sha1(f"{path}|{variant}|{seed}".encode()).hexdigest()[:16]
 
 
 def _cache_file(cache, path: str, variant: str, seed: int) -> Path:
-    """Where one (clip, variant) is cached. The folder names the feature columns, because the
-    cached arrays are stored in their order: a cache of another column set is never misread."""
-    from grv_batch.features import FEATURE_COLUMNS
-
-    columns = hashlib.sha1(",".join(FEATURE_COLUMNS).encode()).hexdigest()[:8]
-    return Path(cache) / f"{variant}-{columns}" / f"{_key(path, variant, seed)}.npz"
+    """Where one (clip, variant) is cached: its folder is named by :func:`feature_signature`, so a
+    cache of other columns or other analysis parameters is never misread."""
+    return Path(cache) / f"{variant}-{feature_signature()}" / f"{_key(path, variant, seed)}.npz"
 
 
 def _extract_one(args) -> str | None:

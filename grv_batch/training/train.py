@@ -1,8 +1,10 @@
 """``grv-batch train``: speaker-grouped cross-validation, held-out-corpus evaluation, and the bundle.
 
-    python -m grv_batch.training.train --metadata ../shared/data/manifest.csv --data-root ../shared/data \
+    grv-batch train --metadata ../shared/data/manifest.csv --data-root ../shared/data \
         --commonvoice ../shared/data/commonvoice-mel128/features.parquet \
         --seed-model ../shared/anchors/seed-model.h5 --out MODEL_DIR
+
+(the command line is ``grv_batch.cli``'s; this module is the library it calls).
 
 Steps: (1) features of every clip under each augmentation variant (clean, telephone, telephone2,
 wild, perturb) via ``grv_batch.features.iter_windows``, cached; (2) speaker-grouped k-fold: the audio members are
@@ -410,7 +412,7 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
     import keras
 
     from grv_batch.training import members as M
-    from grv_batch.training.dataset import extract
+    from grv_batch.training.dataset import extract, feature_signature
 
     t0 = time.time()
     ep = {**EPOCHS, **(epochs or {})}
@@ -492,7 +494,9 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
     for m in AUDIO_MEMBERS:
         members.append(m)
         Zw[m] = np.full(len(W), np.nan)
-    data_sig = _sig(sorted(meta["path"]), sorted(meta["speaker_id"]), list(variants), folds, seed, M.VERSION)
+    # members memoised from features computed otherwise are never reused
+    data_sig = _sig(sorted(meta["path"]), sorted(meta["speaker_id"]), list(variants), folds, seed, M.VERSION,
+                    feature_signature())
     oof_sig = _sig(data_sig, list(eval_variants)) if eval_variants else data_sig
     for k in range(folds):
         tr, te = np.nonzero((fold != k) & fit_rows)[0], np.nonzero(fold == k)[0]
@@ -559,8 +563,7 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
                                  lambda m=m: fit_member(m, lambda T: np.ones(len(T), bool), seed))
 
     version = version or _dt.datetime.now(_dt.timezone.utc).strftime("%Y.%m.%d")
-    card = model_card(meta, variants, members, summary, folds, seed)
-    card["train_only_variants"] = {v: list(ms) for v, ms in train_only.items()}
+    card = model_card(meta, variants, members, summary, folds, seed, train_only=train_only)
     card["training_seconds"] = round(time.time() - t0, 1)
     write_bundle(out, name=name, version=version,
                  members={m: {"kind": m, "model": trained[m][0], "config": trained[m][1],
@@ -687,7 +690,14 @@ def heldout_corpus_eval(W, logmels, F, members, trained, member_cal, comb, seed,
     return rows, op_rows, pd.concat(held, ignore_index=True)
 
 
-def model_card(meta, variants, members, summary, folds, seed) -> dict:
+def model_card(meta, variants, members, summary, folds, seed, *, train_only=None) -> dict:
+    train_only = train_only or {}
+
+    def audio_data(m: str) -> str:
+        extra = sorted(v for v, ms in train_only.items() if m in ms)
+        return (f"the clips below, variants {', '.join(variants)}"
+                + (f", plus their {', '.join(extra)} copies (trained on, never scored)" if extra else ""))
+
     data = (meta.groupby("corpus").agg(clips=("path", "size"), speakers=("speaker_id", "nunique"),
                                        female_speakers=("speaker_id", lambda s: s[meta.loc[s.index, "gender"] == "female"].nunique()),
                                        male_speakers=("speaker_id", lambda s: s[meta.loc[s.index, "gender"] == "male"].nunique()))
@@ -695,14 +705,15 @@ def model_card(meta, variants, members, summary, folds, seed) -> dict:
     return {
         "data": data,
         "variants": list(variants),
+        "train_only_variants": {v: list(ms) for v, ms in train_only.items()},
         "cv": {"folds": folds, "seed": seed, "grouped_by": "speaker_id", "stratified_by": "gender, corpus"},
         "members": {
             "cv_mel": {"data": "66,938 Common Voice clips (commonvoice-mel128), never the clips below",
                        "features": "mel128 time-mean mel power (22.05 kHz, raw decoded audio): log10, minus its mean over bands",
                        "augmentation": "mel domain: tilt, noise spectra 0-30 dB SNR, telephone band, low-pass, gain"},
-            "voice_profile": {"data": "the clips below, all augmentation variants",
+            "voice_profile": {"data": audio_data("voice_profile"),
                               "features": "pitch, formant, spectral and MFCC statistics (FEATURE_COLUMNS minus recording-quality columns), standardised (JSON)"},
-            "frames": {"data": "the clips below, all augmentation variants",
+            "frames": {"data": audio_data("frames"),
                        "features": "64-band log-mel frames (100/s) of the processed 16 kHz audio, 3 s crops, mean-removed; logits averaged over crops"},
         },
         "members_in_bundle": members,
@@ -737,40 +748,3 @@ def model_card_md(card: dict) -> str:
         d = card["members"][m]
         lines.append(f"- `{m}`: data: {d['data']}; features: {d['features']}.")
     return "\n".join(lines) + "\n"
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m grv_batch.training.train", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--metadata", required=True)
-    ap.add_argument("--data-root", required=True)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--commonvoice")
-    ap.add_argument("--cv-mel-model", help="an already trained cv_mel .keras (skips Common Voice training)")
-    ap.add_argument("--seed-model", help="original network weights, evaluated side by side")
-    ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cache")
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--eval-variants", default="",
-                    help="variants only tested, never trained on (robustness to an unseen channel)")
-    ap.add_argument("--train-only", default="",
-                    help="variants only some audio members train on, never scored: e.g. pitch=voice_profile")
-    ap.add_argument("--no-heldout-corpus", action="store_true")
-    ap.add_argument("--epochs", default="", help="e.g. frames=40 (defaults: "
-                    + ",".join(f"{m}={n}" for m, n in EPOCHS.items()) + ")")
-    ap.add_argument("--report", help="folder for out-of-fold predictions and the summary JSON")
-    ap.add_argument("--version")
-    a = ap.parse_args(argv)
-    epochs = {k: int(v) for k, v in (kv.split("=") for kv in a.epochs.split(",") if kv)}
-    train_bundle(metadata=a.metadata, data_root=a.data_root, out=a.out, commonvoice=a.commonvoice,
-                 folds=a.folds, seed=a.seed, cache=a.cache, variants=tuple(a.variants.split(",")),
-                 seed_model=a.seed_model, cv_mel_model=a.cv_mel_model, heldout_corpus=not a.no_heldout_corpus,
-                 workers=a.workers, epochs=epochs, version=a.version, report=a.report,
-                 eval_variants=tuple(v for v in a.eval_variants.split(",") if v),
-                 train_only={v: tuple(ms.split("+")) for v, ms in (kv.split("=") for kv in a.train_only.split(",") if kv)})
-
-
-if __name__ == "__main__":
-    main()
