@@ -363,10 +363,9 @@ def join_metadata(corpus: Corpus, metadata: pd.DataFrame | None) -> MetadataJoin
     matched = sorted(known & set(file_of))
     unmatched_rows = sorted(known - set(file_of))
     columns = [c for c in metadata.columns if c != "path"]
-    by_path = {
-        file_of[p]: {c: _plain(v) for c, v in row.items() if c != "path"}
-        for p, row in rows.loc[matched].iterrows()
-    } if matched else {}
+    # records, not iterrows: a Series per row costs ~0.1 ms, minutes for millions of files
+    records = rows.loc[matched, columns].to_dict("records") if matched else []
+    by_path = {file_of[p]: {c: _plain(v) for c, v in r.items()} for p, r in zip(matched, records, strict=True)}
     return MetadataJoin(by_path=by_path, columns=columns,
                         files_without_metadata=len(corpus.files) - len(by_path),
                         metadata_without_files=len(unmatched_rows),
