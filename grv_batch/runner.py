@@ -37,6 +37,10 @@ MIN_TASKS = 32  # split a corpus into at least this many tasks when batches allo
 MIN_BATCH_AUDIO_S = 10.0
 SINGLE_FILE_ATTEMPTS = 2  # one-file tasks whose worker died, before the file is declared dead
 SAME_FAILURE_STOPS_RUN = 3  # planned batches failing alike, none having worked: stop the run
+#: batches submitted ahead of the workers: this many per worker thread, at least the minimum. The
+#: rest wait in the client, so the scheduler never holds a million files' task specs at once.
+BATCHES_IN_FLIGHT_PER_THREAD = 4
+MIN_BATCHES_IN_FLIGHT = 64
 RUN_FILE = "_run.json"
 
 
@@ -591,7 +595,8 @@ def _start_report_imports(*, ground_truth: bool) -> threading.Thread:
 def _execute(client, tasks: list[BatchTask], *, job, layout: OutputLayout,
              options: Mapping[str, Any], console, progress: bool,
              stop: StopSignal | None = None) -> list[dict[str, Any]]:
-    """Submit every task, follow them with a progress bar, and recover from failed tasks.
+    """Submit the tasks (longest first, a bounded number ahead of the workers), follow them with a
+    progress bar, and recover from failed tasks.
 
     A task whose workers keep dying (``KilledWorker``) or that raises after its retries is split
     into one task per file; a file whose task still kills its worker (or still raises) gets an
@@ -610,12 +615,31 @@ def _execute(client, tasks: list[BatchTask], *, job, layout: OutputLayout,
     # Longest batches first: a long recording started last would leave the other workers idle
     # at the end (the batch ids, and so resuming, do not depend on this order).
     ordered = sorted(tasks, key=lambda t: -sum(f.estimated_s for f in t.files))
-    for priority, task in enumerate(ordered):
-        future = client.submit(process_batch, task, job=job, layout=layout,
-                               storage_options=options, key=f"{key_prefix}-{task.shard}",
-                               retries=job.execution.retries, pure=False,
-                               priority=len(ordered) - priority)
-        futures[future] = task
+    waiting = iter(enumerate(ordered))
+    window = {"size": MIN_BATCHES_IN_FLIGHT, "checked": -float("inf")}
+
+    def submit_planned(completed=None) -> None:
+        """Top up the planned batches in flight to the window (resized to the workers every 5 s:
+        a cluster may grow or shrink during the run)."""
+        now = time.monotonic()
+        if now - window["checked"] > 5.0:
+            threads = sum(client.nthreads().values())
+            window.update(size=max(MIN_BATCHES_IN_FLIGHT, BATCHES_IN_FLIGHT_PER_THREAD * threads),
+                          checked=now)
+        while len(futures) < window["size"]:
+            nxt = next(waiting, None)
+            if nxt is None:
+                return
+            priority, task = nxt
+            future = client.submit(process_batch, task, job=job, layout=layout,
+                                   storage_options=options, key=f"{key_prefix}-{task.shard}",
+                                   retries=job.execution.retries, pure=False,
+                                   priority=len(ordered) - priority)
+            futures[future] = task
+            if completed is not None:
+                completed.add(future)
+
+    submit_planned()
     records: list[dict[str, Any]] = []
     split_parents: dict[str, list[str]] = {}
     failures: dict[str, list] = {}  # split batch -> [its exception, children failing the same way]
@@ -648,6 +672,7 @@ def _execute(client, tasks: list[BatchTask], *, job, layout: OutputLayout,
         completed = as_completed(list(futures))
         for future in _until_stopped(completed, stop):
             task = futures.pop(future)
+            submit_planned(completed)
             try:
                 record = future.result()
                 n_worked += 1

@@ -452,6 +452,8 @@ def test_retried_shards_leave_nothing_stale_and_a_rerun_drops_the_old_run_record
         def submit(self, *args, **kwargs):
             raise RuntimeError("scheduler unreachable")
 
+        nthreads = submit
+
     (out / "_run.json").write_text("{}")  # as a finished earlier run left it
     with pytest.raises(RuntimeError, match="unreachable"):
         run_job(str(corpus), str(out), job, client=ClusterGone(), plan=plan)
@@ -602,6 +604,9 @@ def test_a_broken_link_listed_first_does_not_look_like_an_input_the_workers_cann
         def run(self, function, path):
             return {"tcp://127.0.0.1:40000": function(path)}
 
+        def nthreads(self):
+            return {"tcp://127.0.0.1:40000": 1}
+
         def submit(self, *args, **kwargs):
             raise Submitted
 
@@ -653,3 +658,39 @@ def test_workers_that_cannot_see_a_local_input_stop_the_run_before_any_batch(tmp
     with pytest.raises(RunFailed, match=r"1 of 2 Dask worker\(s\) \(tcp://10.0.0.2:40000\) cannot see INPUT"):
         run_job(str(corpus), str(out), job, client=ElsewhereWorkers(), plan=plan)
     assert not (out / "files").exists()
+
+
+def test_batches_are_submitted_a_bounded_number_ahead_of_the_workers(tmp_path, monkeypatch):
+    """A corpus of a million files is thousands of batches: only a window of them (per worker
+    thread, at least a minimum) is handed to the scheduler at once, topped up as batches finish,
+    and every file is still accounted for once."""
+    from grv_batch import runner
+    from grv_batch.runner import dask_client, plan_run, run_job
+    from grv_batch.spec import JobSpec
+
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    monkeypatch.setattr(runner, "MIN_BATCHES_IN_FLIGHT", 3)
+    monkeypatch.setattr(runner, "BATCHES_IN_FLIGHT_PER_THREAD", 1)
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(12):  # one batch each, and quick: each is an error row
+        (corpus / f"{i:02d}.wav").write_text("not audio")
+    out = tmp_path / "out"
+    job = JobSpec(execution={"workers": 1, "max_files_per_batch": 1, "dashboard_address": ":0"})
+    plan = plan_run(str(corpus), str(out), job)
+    assert len(plan.tasks) == 12
+    with dask_client(job.execution) as client:
+        submitted, most = [], [0]
+        real_submit = client.submit
+
+        def counting_submit(*args, **kwargs):
+            future = real_submit(*args, **kwargs)
+            submitted.append(future)
+            most[0] = max(most[0], sum(not f.done() for f in submitted))
+            return future
+
+        monkeypatch.setattr(client, "submit", counting_submit)
+        run_job(str(corpus), str(out), job, client=client, plan=plan, progress=False)
+    assert len(submitted) == 12 and 1 <= most[0] <= 3
+    files = read_table(out, "files")
+    assert sorted(files["path"]) == [f"{i:02d}.wav" for i in range(12)] and files["file_id"].is_unique
