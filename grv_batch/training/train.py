@@ -528,8 +528,9 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
     member_cal, comb, cal_scores = fit_stack(Z[fitF], yF[fitF], F["speaker_id"].to_numpy()[fitF], members, seed)
     summary_missing = {m: int((~np.isfinite(Z[:, j])).sum()) for j, m in enumerate(members)}
     # operating point (confidence threshold, disagreement spread) with the most files labelled at
-    # >= 98.5% accuracy (95% lower bound) on every fitted condition pooled, by the inference rule; never chosen on
-    # eval-only rows. Its honest estimate: each fold labelled at the point chosen on the others.
+    # >= 98.5% accuracy (95% lower bound) on every fitted condition pooled, by the inference rule;
+    # never chosen on eval-only rows. Its honest estimate: each fold labelled at the point chosen
+    # on the others.
     op = choose_operating_point(F[fitF], members, target=OPERATING_TARGET)
     threshold = op["confidence_threshold"]
     F["label"] = file_labels(F, members, F["p_ensemble"].to_numpy(), threshold, op["disagreement"])
