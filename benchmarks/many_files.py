@@ -43,7 +43,8 @@ def peak_rss(cmd: list[str]) -> tuple[float, float, float, int]:
     """Wall seconds, peak RSS (MB) of the command's own process and of any process below it, and
     the exit status."""
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tempfile.TemporaryFile("w+")  # not a pipe: the workers' messages could fill it and block
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
     me, client, others = psutil.Process(proc.pid), 0, 0
     while proc.poll() is None:
         try:
@@ -58,7 +59,9 @@ def peak_rss(cmd: list[str]) -> tuple[float, float, float, int]:
         time.sleep(0.1)
     wall = time.perf_counter() - started
     if proc.returncode:
-        sys.stderr.write(proc.stderr.read())
+        log.seek(0)
+        sys.stderr.write(log.read())
+    log.close()
     return wall, client / 2**20, others / 2**20, proc.returncode
 
 

@@ -38,7 +38,8 @@ MIN_BATCH_AUDIO_S = 10.0
 SINGLE_FILE_ATTEMPTS = 2  # one-file tasks whose worker died, before the file is declared dead
 SAME_FAILURE_STOPS_RUN = 3  # planned batches failing alike, none having worked: stop the run
 #: batches submitted ahead of the workers: this many per worker thread, at least the minimum. The
-#: rest wait in the client, so the scheduler never holds a million files' task specs at once.
+#: rest wait in the client, so the scheduler never holds a million files' task specs at once (an
+#: adaptive cluster, which sizes itself to the tasks it sees, grows by up to 4x per resize).
 BATCHES_IN_FLIGHT_PER_THREAD = 4
 MIN_BATCHES_IN_FLIGHT = 64
 RUN_FILE = "_run.json"
@@ -623,7 +624,10 @@ def _execute(client, tasks: list[BatchTask], *, job, layout: OutputLayout,
         a cluster may grow or shrink during the run)."""
         now = time.monotonic()
         if now - window["checked"] > 5.0:
-            threads = sum(client.nthreads().values())
+            try:
+                threads = sum(client.nthreads().values())
+            except Exception:  # noqa: BLE001 - a scheduler gone quiet: the batches' results say why
+                threads = 0
             window.update(size=max(MIN_BATCHES_IN_FLIGHT, BATCHES_IN_FLIGHT_PER_THREAD * threads),
                           checked=now)
         while len(futures) < window["size"]:
@@ -672,7 +676,8 @@ def _execute(client, tasks: list[BatchTask], *, job, layout: OutputLayout,
         completed = as_completed(list(futures))
         for future in _until_stopped(completed, stop):
             task = futures.pop(future)
-            submit_planned(completed)
+            if future.status in ("finished", "error"):  # cancelled: the scheduler is gone (below)
+                submit_planned(completed)
             try:
                 record = future.result()
                 n_worked += 1

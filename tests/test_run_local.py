@@ -452,7 +452,8 @@ def test_retried_shards_leave_nothing_stale_and_a_rerun_drops_the_old_run_record
         def submit(self, *args, **kwargs):
             raise RuntimeError("scheduler unreachable")
 
-        nthreads = submit
+        def nthreads(self):
+            return {"tcp://127.0.0.1:40000": 1}
 
     (out / "_run.json").write_text("{}")  # as a finished earlier run left it
     with pytest.raises(RuntimeError, match="unreachable"):
