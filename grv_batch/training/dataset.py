@@ -21,14 +21,18 @@ import pandas as pd
 FEATURES_VERSION = 1
 
 
+def signature(*parts) -> str:
+    """12 hex digits naming ``parts`` (anything JSON can write, else its ``str``): cache keys."""
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 @functools.cache
 def feature_signature() -> str:
     """Names what cached features are: the feature columns (the arrays are stored in their order),
     the analysis parameters they were computed with, and :data:`FEATURES_VERSION`."""
     from grv_batch.features import FEATURE_COLUMNS, AnalysisParams
 
-    what = [list(FEATURE_COLUMNS), AnalysisParams().model_dump(mode="json"), FEATURES_VERSION]
-    return hashlib.sha1(json.dumps(what, sort_keys=True).encode()).hexdigest()[:8]
+    return signature(list(FEATURE_COLUMNS), AnalysisParams().model_dump(mode="json"), FEATURES_VERSION)[:8]
 
 
 def _key(path: str, variant: str, seed: int) -> str:

@@ -31,6 +31,7 @@ import pandas as pd
 from grv_batch.models import calibration as cal
 from grv_batch.models.bundle import write_bundle
 from grv_batch.training.augment import VARIANTS
+from grv_batch.training.dataset import signature as _sig
 from grv_batch.training.metrics import binary_metrics, coverage_curve, markdown_table
 
 AUDIO_MEMBERS = ("voice_profile", "frames")
@@ -66,12 +67,6 @@ def _memo_model(cache: Path, tag: str, fit):
     model.save(f)
     f.with_suffix(".json").write_text(json.dumps(config))
     return model, config
-
-
-def _sig(*parts) -> str:
-    import hashlib
-
-    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _folds(meta: pd.DataFrame, folds: int, seed: int) -> dict[str, int]:
@@ -392,6 +387,11 @@ def _seed_model_probs(seed_model, W) -> np.ndarray:
     return net.predict(X, batch_size=2048, verbose=0)[:, 0].astype(np.float64)
 
 
+def train_only_variants_of(train_only: dict, member: str) -> list[str]:
+    """The train-only variants (``train_bundle``'s ``train_only``) that ``member`` trains on, sorted."""
+    return sorted(v for v, ms in train_only.items() if member in ms)
+
+
 def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, seed: int = 0,
                  cache: str | os.PathLike | None = None, variants=VARIANTS, seed_model=None,
                  cv_mel_model: str | None = None, heldout_corpus: bool = True, workers: int = 2,
@@ -445,14 +445,11 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
     X, xlogmels = load_all(meta, cache, tuple(train_only), seed) if train_only else (W.iloc[:0], [])
     yx = (X["gender"] == "male").to_numpy()
 
-    def extra_variants(m: str) -> list[str]:
-        return sorted(v for v, ms in train_only.items() if m in ms)
-
     def fit_member(m: str, keep, seed_: int):
         """Member ``m`` fitted on the windows ``keep(table)`` selects (a boolean mask of any window
         table): of W's fitted variants, and of X's train-only variants that ``m`` trains on."""
         rows = keep(W) & fit_rows
-        xrows = keep(X) & X["variant"].isin(extra_variants(m)).to_numpy()
+        xrows = keep(X) & X["variant"].isin(train_only_variants_of(train_only, m)).to_numpy()
         Wt = pd.concat([W[rows], X[xrows]], ignore_index=True)
         yt = np.concatenate([y[rows], yx[xrows]])
         if m == "voice_profile":
@@ -463,7 +460,8 @@ def train_bundle(*, metadata, data_root, out, commonvoice=None, folds: int = 5, 
     def member_key(base: str, m: str) -> str:
         """Memo key of member ``m`` trained on the data ``base`` names; a member without train-only
         variants keeps the key it had before they existed."""
-        data = _sig(base, extra_variants(m)) if extra_variants(m) else base
+        extra = train_only_variants_of(train_only, m)
+        data = _sig(base, extra) if extra else base
         return _sig(data, ep[m], *((M.VP_BAG,) if m == "voice_profile" else ()))
     _log(f"{len(W)} windows from {W['path'].nunique()} clips, {W['speaker_id'].nunique()} speakers")
 
@@ -614,6 +612,14 @@ def evaluate_oof(F, members, threshold, *, has_original, fit_variants=None) -> d
     return res
 
 
+def at_operating_point(g: pd.DataFrame, label: str = "label") -> dict:
+    """Coverage (share of ``g``'s files not ``uncertain`` in column ``label``) and accuracy of
+    ``p_ensemble > 0.5`` on the labelled ones."""
+    m = g[label].to_numpy() != "uncertain"
+    right = (g["p_ensemble"].to_numpy() > 0.5) == (g["gender"] == "male").to_numpy()
+    return {"coverage": float(m.mean()), "accuracy_labelled": float(right[m].mean()) if m.any() else float("nan")}
+
+
 def operating_point_table(F: pd.DataFrame, fit_variants=None) -> list[dict]:
     """Accuracy on labelled files and coverage (share labelled) per variant and pooled, at the
     chosen operating point (``label``) and at the point chosen on the other folds (``label_nested``)."""
@@ -621,15 +627,10 @@ def operating_point_table(F: pd.DataFrame, fit_variants=None) -> list[dict]:
     pooled = F if fit_variants is None else F[F["variant"].isin(fit_variants)]
     groups = [("all fitted, pooled", pooled)] + list(F.groupby("variant", sort=True))
     for variant, g in groups:
-        y = (g["gender"] == "male").to_numpy()
-        p = g["p_ensemble"].to_numpy()
         row = {"variant": variant, "n": int(len(g))}
         for col, tag in (("label", ""), ("label_nested", "_nested")):
-            if col not in g:
-                continue
-            m = g[col].to_numpy() != "uncertain"
-            row[f"coverage{tag}"] = float(m.mean())
-            row[f"accuracy_labelled{tag}"] = float(((p[m] > 0.5) == y[m]).mean()) if m.any() else float("nan")
+            if col in g:
+                row.update({f"{k}{tag}": v for k, v in at_operating_point(g, col).items()})
         rows.append(row)
     return rows
 
@@ -684,10 +685,9 @@ def heldout_corpus_eval(W, logmels, F, members, trained, member_cal, comb, seed,
     L = pd.concat(labelled, ignore_index=True)
     op_rows = []
     for c, g in [("all, pooled", L)] + list(L.groupby("heldout_corpus", sort=True)):
-        m, right = g["label"].to_numpy() != "uncertain", (g["p_ensemble"] > 0.5) == (g["gender"] == "male")
+        right = (g["p_ensemble"] > 0.5) == (g["gender"] == "male")
         op_rows.append({"heldout_corpus": c, "n": int(len(g)), "accuracy": float(right.mean()),
-                        "coverage": float(m.mean()),
-                        "accuracy_labelled": float(right[m].mean()) if m.any() else float("nan")})
+                        **at_operating_point(g)})
     return rows, op_rows, pd.concat(held, ignore_index=True)
 
 
@@ -695,7 +695,7 @@ def model_card(meta, variants, members, summary, folds, seed, *, train_only=None
     train_only = train_only or {}
 
     def audio_data(m: str) -> str:
-        extra = sorted(v for v, ms in train_only.items() if m in ms)
+        extra = train_only_variants_of(train_only, m)
         return (f"the clips below, variants {', '.join(variants)}"
                 + (f", plus their {', '.join(extra)} copies (trained on, never scored)" if extra else ""))
 
