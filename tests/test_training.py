@@ -240,6 +240,25 @@ def test_pitch_variant_moves_f0_and_keeps_the_formants(semitones):
     assert abs(len(y) / rate - 2.0) < 0.05
 
 
+def test_pitch_call_variant_is_a_shifted_voice_through_a_call_channel():
+    """``pitch_call``: the formant-keeping shift, then the telephone, real-codec telephone or
+    mobile channel: out at a call rate, of the same length, with F0 moved 2-5 semitones."""
+    import numpy as np
+    import soxr
+    from _audio import vowel
+
+    from grv_batch.features import analyze_window
+    from grv_batch.training.augment import make_variant
+
+    sr = 16000
+    x = vowel(120.0, 2.0, sr)
+    for seed in range(4):
+        y, rate = sf.read(make_variant(x, sr, "pitch_call", np.random.default_rng(seed)))
+        assert rate in (8000, 16000) and abs(len(y) / rate - 2.0) < 0.05
+        f0 = analyze_window(soxr.resample(y, rate, sr).astype(np.float32), sr).features["f0_p50"]
+        assert 1.7 < abs(12 * np.log2(f0 / 120.0)) < 5.3
+
+
 def test_cached_features_are_named_by_the_analysis_parameters(monkeypatch, tmp_path):
     """A feature cache (and the members memoised from it) written with other analysis parameters,
     or before FEATURES_VERSION was bumped, is never read back as current."""

@@ -18,7 +18,7 @@ from scipy import signal
 #: The variants the shipped bundle is trained on (and ``grv-batch train``'s default).
 VARIANTS = ("clean", "telephone", "telephone2", "wild", "perturb", "mobile")
 #: Every variant :func:`make_variant` knows.
-VARIANT_NAMES = VARIANTS + ("pitch",)
+VARIANT_NAMES = VARIANTS + ("pitch", "pitch_call")
 
 
 def _rms(x):
@@ -234,6 +234,11 @@ def make_variant(x: np.ndarray, sr: int, variant: str, rng: np.random.Generator)
         # 2-5 semitones up or down with the formants kept, sometimes a codec, any gain
         y = shift_pitch_keep_formants(x, sr, rng.choice([-1.0, 1.0]) * rng.uniform(2.0, 5.0))
         return _codec_sometimes_then_level(y, sr, rng, 0.3, -30.0)
+    if variant == "pitch_call":
+        # the pitch shift above, then one of the three call channels: a raised or lowered voice
+        # heard through a telephone, where the formants above 3.4 kHz are gone as well
+        y = shift_pitch_keep_formants(x, sr, rng.choice([-1.0, 1.0]) * rng.uniform(2.0, 5.0))
+        return make_variant(y, sr, ("telephone", "telephone2", "mobile")[rng.integers(3)], rng)
     if variant == "telephone2":
         return telephone_codec(x, sr, rng)
     if variant == "mobile":

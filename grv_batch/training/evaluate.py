@@ -45,15 +45,14 @@ def targets(report: str | Path) -> list[dict]:
     add("acted emotional speech (EmoDB, clean)", ((F["variant"] == "clean") & (F["corpus"] == "emodb")).to_numpy(), "")
     add("simulated in-the-wild (reverb+noise 0-23 dB+codec)", (F["variant"] == "wild").to_numpy(), ">= 0.90")
     add("narrowband telephone (8 kHz, 300-3400 Hz, mu-law)", (F["variant"] == "telephone").to_numpy(), ">= 0.97")
-    if (F["variant"] == "telephone2").any():
-        add("narrowband telephone, real codecs (GSM 6.10/ADPCM/A-law/mu-law, random band, dropouts)",
-            (F["variant"] == "telephone2").to_numpy(), "")
-    if (F["variant"] == "mobile").any():
-        add("mobile and internet calls (AMR-NB 4.75-12.2 kbit/s, Opus 6-16 kbit/s, noise, losses)",
-            (F["variant"] == "mobile").to_numpy(), "")
+    add("narrowband telephone, real codecs (GSM 6.10/ADPCM/A-law/mu-law, random band, dropouts)",
+        (F["variant"] == "telephone2").to_numpy(), "")
+    add("mobile and internet calls (AMR-NB 4.75-12.2 kbit/s, Opus 6-16 kbit/s, noise, losses)",
+        (F["variant"] == "mobile").to_numpy(), "")
     add("perturbed (speed +-6%, gain, codec)", (F["variant"] == "perturb").to_numpy(), "")
-    if (F["variant"] == "pitch").any():
-        add("pitch moved 2-5 semitones, formants kept (WORLD; codec, gain)", (F["variant"] == "pitch").to_numpy(), "")
+    add("pitch moved 2-5 semitones, formants kept (WORLD; codec, gain)", (F["variant"] == "pitch").to_numpy(), "")
+    add("pitch moved 2-5 semitones, then a call channel (telephone, real codecs or mobile)",
+        (F["variant"] == "pitch_call").to_numpy(), "")
     p = F["p_ensemble"].to_numpy()
     conf = np.maximum(p, 1 - p)
     op = summary.get("operating_point", {"confidence_threshold": thr, "disagreement": None})
