@@ -280,3 +280,22 @@ def test_cached_features_are_named_by_the_analysis_parameters(monkeypatch, tmp_p
     monkeypatch.undo()
     assert cache_folder() == now
     assert len({now, other_params, other_version}) == 3 and now.startswith("clean-")
+
+
+@pytest.mark.parametrize("kind", ["logistic", "boosting"])
+def test_classic_members_score_held_out_rows_with_missing_statistics(kind):
+    """The classic study's models are fitted on the training rows only and score the others, the
+    rows with a missing statistic (no voiced frames) included."""
+    import numpy as np
+
+    from grv_batch.training.classic import _logits
+
+    rng = np.random.default_rng(0)
+    y = rng.random(400) < 0.5
+    X = np.column_stack([np.where(y, 120.0, 210.0) + rng.normal(0, 15, 400), rng.normal(0, 1, 400)])
+    X[::10, 0] = np.nan
+    train = np.arange(400) < 300
+    z = _logits(kind, X, y, train, 0)
+    known = np.isfinite(X[~train, 0])
+    assert z.shape == (100,) and np.isfinite(z).all()
+    assert ((z[known] > 0) == y[~train][known]).mean() > 0.95

@@ -99,12 +99,15 @@ def load_all(meta, cache, variants, seed):
     return W, lms
 
 
-def oof_study_inputs(argv, *, prog: str, description: str):
+def oof_study_inputs(argv, *, prog: str, description: str, add_arguments=None):
     """Arguments, manifest and cached windows of a study on a training report's out-of-fold
     predictions (``classic``, ``context``): ``--report``, ``--cache``, ``--metadata``, ``--folds``,
-    ``--seed`` as given to ``grv-batch train``. Returns ``(args, meta, W)``."""
+    ``--seed`` as given to ``grv-batch train``, and whatever ``add_arguments(parser)`` adds.
+    Returns ``(args, meta, W)``."""
     ap = argparse.ArgumentParser(prog=prog, description=description,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    if add_arguments is not None:
+        add_arguments(ap)
     ap.add_argument("--report", required=True, help="folder written by `grv-batch train --report`")
     ap.add_argument("--cache", required=True, help="the feature cache of that training run")
     ap.add_argument("--metadata", required=True, help="its manifest CSV")
