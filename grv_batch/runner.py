@@ -12,6 +12,7 @@ import contextlib
 import datetime as _dt
 import hashlib
 import itertools
+import logging
 import math
 import os
 import platform
@@ -95,6 +96,18 @@ def _worker_environment() -> dict[str, str]:
 
 
 @contextlib.contextmanager
+def _logger_level(name: str, level: int) -> Iterator[None]:
+    """Logger ``name`` at ``level`` for the block, then as it was."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+@contextlib.contextmanager
 def dask_client(execution, *, console=None) -> Iterator[Any]:
     """A Dask client for ``execution``: the named scheduler, or a local cluster started here.
 
@@ -110,7 +123,8 @@ def dask_client(execution, *, console=None) -> Iterator[Any]:
         except (ValueError, OSError, TimeoutError) as exc:  # a mistyped or unreachable address
             raise RunFailed(f"cannot connect to the Dask scheduler {address!r}: "
                             f"{type(exc).__name__}: {exc}") from exc
-        with client:
+        quiet = contextlib.ExitStack()
+        with quiet, client:  # the client closes first, then ``quiet`` ends
             if console:
                 console.print(f"Using Dask scheduler {escape(address)} "
                               f"(dashboard: {client.dashboard_link})")
@@ -120,13 +134,18 @@ def dask_client(execution, *, console=None) -> Iterator[Any]:
                     console.print("No workers are connected to this scheduler yet: waiting for "
                                   "the first one (Ctrl-C stops).")
                 client.wait_for_workers(1)
-            yield client
+            try:
+                yield client
+            except BaseException:
+                # the scheduler may be gone: closing the client cancels its attempts to reconnect,
+                # which distributed logs as an error with two tracebacks; the run says what happened
+                quiet.enter_context(_logger_level("distributed.client", logging.CRITICAL))
+                raise
         return
     env = _worker_environment()
     for key, value in env.items():
         os.environ.setdefault(key, value)  # inherited by spawned worker processes
     workers = execution.workers or os.cpu_count() or 1
-    import logging
     import warnings
 
     import dask

@@ -154,7 +154,7 @@ def mixed_corpus(tmp_path) -> tuple[Path, Path]:
 @pytest.fixture
 def dask_scheduler(tmp_path):
     """A real ``dask scheduler`` on loopback, no workers; ``add_worker()`` starts a ``dask worker``
-    process. Yields ``{"address", "workers", "logs", "add_worker"}``."""
+    process. Yields ``{"address", "scheduler", "workers", "logs", "add_worker"}``."""
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
            "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
@@ -180,7 +180,7 @@ def dask_scheduler(tmp_path):
         procs.append(w)
         return w
 
-    yield {"address": address, "workers": workers, "logs": logs, "add_worker": add_worker}
+    yield {"address": address, "scheduler": sched, "workers": workers, "logs": logs, "add_worker": add_worker}
     for p in procs:
         if p.poll() is None:
             p.terminate()

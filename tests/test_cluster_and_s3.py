@@ -72,6 +72,43 @@ def test_a_scheduler_without_workers_says_so_and_the_run_waits_for_one(tmp_path,
     assert (read_table(out, "files")["status"] == "ok").all()
 
 
+def test_a_lost_scheduler_stops_the_run_with_one_line_and_a_rerun_resumes(tmp_path, dask_scheduler):
+    """The scheduler dies mid-run: the client stops with one line that says so (no traceback, no
+    waiting on batches that will never come back) and keeps the finished batches; the same run on
+    another cluster then accounts for every file exactly once, without redoing those batches."""
+    corpus = tmp_path / "corpus"
+    meta = make_mixed_corpus(corpus, n_voices=24, broken=False, seed=7)
+    job = tmp_path / "job.toml"
+    job.write_text("[execution]\nmax_files_per_batch = 1\n")
+    out = tmp_path / "out"
+    dask_scheduler["add_worker"]()
+    args = ("run", str(corpus), "--out", str(out), "--job", str(job), "--metadata", str(meta), "--no-progress")
+    client = subprocess.Popen([str(BIN / "grv-batch"), *args, "--scheduler", dask_scheduler["address"]],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    records = out / "_batches"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (records.exists() and len(list(records.glob("*.json"))) >= 3):
+        time.sleep(0.1)
+    dask_scheduler["scheduler"].kill()  # mid-run, with batches queued and running
+    killed_at = time.monotonic()
+    _, stderr = client.communicate(timeout=300)
+    assert client.returncode != 0
+    assert time.monotonic() - killed_at < 120
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert "Traceback" not in stderr, stderr
+    assert "scheduler" in lines[-1] and "run the same command again to resume" in lines[-1], stderr
+    kept = {p.name for p in records.glob("*.json")}
+    assert len(kept) >= 3 and not (out / "_run.json").exists()
+
+    rerun = grv(*args, "--workers", "1")
+    assert f"{len(kept)} already done (resuming)" in " ".join((rerun.stdout + rerun.stderr).split())
+    files = read_table(out, "files")
+    assert sorted(files["path"]) == sorted(pd.read_csv(meta)["path"])
+    assert files["file_id"].is_unique and (files["status"] == "ok").all()
+    assert read_table(out, "predictions")["file_id"].is_unique
+
+
 SECRET = "s3cr3t-Zq81-do-not-leak"
 
 
