@@ -107,8 +107,24 @@ class Corpus:
 
 
 def file_id_for(relative_path: str) -> str:
-    """Stable 16-hex-digit id of a file, from its path relative to INPUT."""
-    return hashlib.blake2b(relative_path.encode("utf-8"), digest_size=8).hexdigest()
+    """Stable 16-hex-digit id of a file, from its path relative to INPUT (a local name's bytes
+    that are not UTF-8 count as they are: see :func:`printable_path`)."""
+    return hashlib.blake2b(relative_path.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
+
+
+def printable_path(relative_path: str) -> str:
+    """``relative_path`` as the tables can hold it (UTF-8 text).
+
+    A local file name that is not UTF-8 (Latin-1 from an old file server, say) reaches Python with
+    each such byte as a lone surrogate, which no Parquet string can hold; those bytes are written
+    as ``\\xe9`` escapes. The file is still read by its real name, and its ``file_id`` comes from
+    its real bytes, so it cannot collide with a file whose name is that escape.
+    """
+    try:
+        relative_path.encode("utf-8")
+        return relative_path
+    except UnicodeEncodeError:
+        return relative_path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 #: Listing fields that change when an object's content does, most telling first: a content hash
@@ -174,7 +190,7 @@ def discover(input_url: str, params: InputParams = InputParams(), *,
             continue
         if any(fnmatch.fnmatchcase(relative, p) for p in params.exclude):
             continue
-        files.append(AudioFile(file_id=file_id_for(relative), path=relative,
+        files.append(AudioFile(file_id=file_id_for(relative), path=printable_path(relative),
                                url=storage.full_url(fs, path), size=int(info.get("size") or 0),
                                problem=_unreadable_entry(path, info),
                                version=content_version(info)))

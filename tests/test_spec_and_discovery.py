@@ -428,6 +428,31 @@ def test_absolute_metadata_paths_join_a_single_file_input(tmp_path):
     assert joined.files_without_metadata == 0 and joined.metadata_without_files == 0
 
 
+def test_a_name_that_is_not_utf8_is_read_and_written_with_escapes(tmp_path):
+    """A Latin-1 name from an old file server (byte 0xE9) is read by its real name and written to
+    the tables as ``lat\\xe9.wav``; a file whose name is that escape, beside it, keeps its own id."""
+    import os
+    import soundfile as sf
+
+    from grv_batch.pipeline import process_batch
+    from grv_batch.runner import plan_run
+
+    corpus = tmp_path / "in"
+    corpus.mkdir()
+    sf.write(corpus / "ok.wav", 0.3 * np.sin(2 * np.pi * 150 * np.arange(16000) / 16000), 16000)
+    data = (corpus / "ok.wav").read_bytes()
+    for name in (b"lat\xe9.wav", b"lat\\xe9.wav"):
+        with open(os.path.join(os.fsencode(corpus), name), "wb") as handle:
+            handle.write(data)
+    job = JobSpec()
+    plan = plan_run(str(corpus), str(tmp_path / "out"), job)
+    for task in plan.tasks:
+        process_batch(task, job=job, layout=plan.layout)
+    files = pd.read_parquet(tmp_path / "out" / "files")
+    assert sorted(files["path"]) == ["lat\\xe9.wav", "lat\\xe9.wav", "ok.wav"]
+    assert files["file_id"].is_unique and (files["status"] == "ok").all(), files
+
+
 def test_two_files_differing_only_in_unicode_normalisation_each_count_once():
     """A row names the file spelled as it is (NFC); its NFD twin gets no row and is counted as a
     file without metadata (it was folded into the other before)."""
