@@ -96,7 +96,8 @@ def secret_values(options: Mapping[str, Any]) -> list[str]:
         if isinstance(value, Mapping):
             found.extend(secret_values(value))
         elif key in PUBLIC_OPTION_KEYS or isinstance(value, bool):
-            continue
+            if isinstance(value, str):  # an endpoint_url may carry user:password@ or a token
+                found.extend(url_secrets(value))
         elif isinstance(value, str) and value:
             found.append(value)
         elif isinstance(value, (int, float)) and _SECRET_KEY.search(str(key)):
@@ -111,7 +112,7 @@ def redact_options(options: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(value, Mapping):
             out[key] = redact_options(value)
         elif key in PUBLIC_OPTION_KEYS:
-            out[key] = value
+            out[key] = redact_url(value) if isinstance(value, str) else value
         else:
             out[key] = REDACTED
     return out

@@ -289,6 +289,16 @@ def test_storage_options_parse_and_redact():
         storage.parse_storage_options(["novalue"])
 
 
+def test_credentials_inside_an_endpoint_url_are_redacted():
+    """``endpoint_url`` is shown, but not the ``user:password@`` or query it may carry."""
+    options = {"endpoint_url": "http://minio:FLAGPW-1@127.0.0.1:9000/?token=FLAGTOK", "anon": False}
+    shown = storage.redact_options(options)
+    assert shown["endpoint_url"] == "http://***@127.0.0.1:9000/?***" and shown["anon"] is False
+    secrets = storage.secret_values(options)
+    assert "FLAGPW-1" in secrets and not any("127.0.0.1" in s for s in secrets)
+    assert "FLAGPW-1" not in storage.redact_text("401 for minio FLAGPW-1", secrets)
+
+
 def test_numeric_looking_secrets_reach_the_back_end_as_typed_and_are_redacted():
     options = storage.parse_storage_options(["password=0012345", "default_block_size=5242880",
                                              "max_concurrency=4"])
