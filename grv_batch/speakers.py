@@ -26,8 +26,11 @@ _PER_FILE = {
     "duration_s", "sample_rate", "channels", "n_windows", "format", "subtype",
 }
 
-SPEAKER_COLUMNS = ["speaker_id", "n_files", "n_confident", "p_male", "confidence", "label",
-                   "agreement", "files_disagree"]
+#: the columns of ``speakers`` before each member's ``p_male_<member>``, with their types (an
+#: empty table keeps them, so readers see the same schema with or without speakers)
+SPEAKER_DTYPES = {"speaker_id": "string", "n_files": "int64", "n_confident": "int64", "p_male": "float64",
+                  "confidence": "float64", "label": "string", "agreement": "float64", "files_disagree": "bool"}
+SPEAKER_COLUMNS = list(SPEAKER_DTYPES)
 
 
 class SpeakerParams(Params):
@@ -106,7 +109,8 @@ def aggregate_speakers(predictions: pd.DataFrame, *, params: SpeakerParams | Non
     df = df[df["speaker_id"].notna()]
     member_cols = [c for c in df.columns if c.startswith("p_male_")]
     if df.empty:
-        return pd.DataFrame({c: pd.Series(dtype="object") for c in SPEAKER_COLUMNS + member_cols})
+        return pd.DataFrame({**{c: pd.Series(dtype=t) for c, t in SPEAKER_DTYPES.items()},
+                             **{c: pd.Series(dtype="float64") for c in member_cols}})
     ok = np.isfinite(pd.to_numeric(df["p_male"], errors="coerce").to_numpy(dtype=np.float64))
     speech = (pd.to_numeric(df["speech_s"], errors="coerce").to_numpy(dtype=np.float64)
               if "speech_s" in df.columns else np.ones(len(df)))

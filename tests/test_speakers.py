@@ -102,6 +102,15 @@ def test_no_speakers_gives_empty_table_with_columns():
     df = _preds([_row("a", None, 0.9)])
     sp = aggregate_speakers(df, params=SpeakerParams())
     assert len(sp) == 0 and {"speaker_id", "n_files", "p_male", "label"} <= set(sp.columns)
+    # typed as a table with speakers is, not Parquet's null type (readers see one schema)
+    import pyarrow as pa
+
+    from grv_batch.storage import plain_strings
+
+    types = {f.name: f.type for f in plain_strings(pa.Table.from_pandas(sp, preserve_index=False)).schema}
+    assert types["speaker_id"] == pa.string() and types["n_files"] == pa.int64()
+    assert types["p_male"] == pa.float64() and types["files_disagree"] == pa.bool_()
+    assert not any(pa.types.is_null(t) for t in types.values())
 
 
 def test_without_speech_column_weights_by_confidence():
