@@ -330,8 +330,21 @@ def demo(
         no_progress=False)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        import json
+
+        from grv_batch._version import __version__
+        from grv_batch.models.bundle import MANIFEST, SHIPPED_BUNDLE
+
+        bundle = json.loads((SHIPPED_BUNDLE / MANIFEST).read_text()).get("version", "?")
+        print(f"grv-batch {__version__} (model bundle {bundle})")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main() -> None:
+def _main(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                help="Print the version and the shipped model bundle's, and exit.")] = False) -> None:
     """grv-batch: batch gender recognition by voice."""
 
 

@@ -18,6 +18,18 @@ def test_every_command_documents_itself(command):
     assert "Usage" in result.output
 
 
+def test_version_names_the_package_and_the_shipped_bundle():
+    import json
+
+    from grv_batch._version import __version__
+    from grv_batch.models.bundle import MANIFEST, SHIPPED_BUNDLE
+
+    result = runner.invoke(app, ["--version"])
+    bundle = json.loads((SHIPPED_BUNDLE / MANIFEST).read_text())["version"]
+    assert result.exit_code == 0
+    assert result.output.strip() == f"grv-batch {__version__} (model bundle {bundle})"
+
+
 def test_report_on_something_that_is_not_a_run(tmp_path):
     result = runner.invoke(app, ["report", str(tmp_path)])
     assert result.exit_code == 2
