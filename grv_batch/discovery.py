@@ -176,6 +176,7 @@ def discover(input_url: str, params: InputParams = InputParams(), *,
     except Exception as exc:  # noqa: BLE001 - an unreachable endpoint, bad credentials...
         raise InputError(f"INPUT {input_url} cannot be listed: {type(exc).__name__}: {exc}") from exc
     if not exists:
+        _raise_if_unreachable(fs, root, input_url)
         raise InputError(f"INPUT {input_url} does not exist")
     patterns = [p.lower() for p in params.patterns]
     files: list[AudioFile] = []
@@ -201,6 +202,26 @@ def discover(input_url: str, params: InputParams = InputParams(), *,
         )
     return Corpus(input_url=input_url, root=root, files=files, protocol=protocol,
                   unmatched=unmatched)
+
+
+def _raise_if_unreachable(fs, root: str, input_url: str) -> None:
+    """fsspec's ``exists`` is False for a server that cannot be reached as well as for a missing
+    file (HTTP's swallows every error): ask once more, so that the user is told which it is."""
+    if storage.is_local(fs):
+        return
+    try:
+        fs.info(root)
+    except FileNotFoundError as exc:
+        # HTTP's info raises FileNotFoundError for any failure, with the real one as its cause
+        cause = exc.__cause__
+        status = getattr(cause, "status", None)
+        if isinstance(cause, OSError) and status is None:  # refused, no such host, TLS...
+            raise InputError(f"INPUT {input_url} cannot be reached: {type(cause).__name__}: {cause}") from exc
+        if isinstance(status, int) and status not in (404, 410):
+            raise InputError(f"INPUT {input_url} cannot be read: the server answered HTTP {status} "
+                             f"{getattr(cause, 'message', '')}".rstrip()) from exc
+    except Exception as exc:  # noqa: BLE001 - another back end's refused connection, bad credentials...
+        raise InputError(f"INPUT {input_url} cannot be reached: {type(exc).__name__}: {exc}") from exc
 
 
 def load_metadata(url: str, *, input_url: str | None = None,

@@ -384,8 +384,14 @@ def test_a_signed_http_url_is_read_with_its_query_and_named_without_it(tmp_path)
         with storage.filesystem(corpus.files[0].url, {})[0].open(corpus.files[0].url, "rb") as handle:
             assert handle.read(4) == b"RIFF"
         assert "sigSECRET" not in corpus.files[0].file_id + corpus.files[0].path
+        with pytest.raises(InputError, match="does not exist"):
+            discover(f"http://127.0.0.1:{server.server_port}/missing.wav", InputParams())
     finally:
         server.shutdown()
+        server.server_close()
+    # the server is gone: the same URL cannot be reached, which is not the same as missing
+    with pytest.raises(InputError, match="cannot be reached: .*Connect"):
+        discover(url, InputParams())
 
 
 def test_a_long_metadata_csv_with_numbers_then_text_in_a_column_is_read_as_text(tmp_path):
