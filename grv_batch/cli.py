@@ -144,7 +144,7 @@ def run(
     except (JobError, ValueError) as exc:
         _fail(str(exc))
     if workers and spec.execution.scheduler:
-        console.print("[yellow]--workers is ignored: the named scheduler's workers run the job[/yellow]")
+        console.print("[yellow]warning: --workers is ignored: the named scheduler's workers run the job[/yellow]")
     secrets = [*secret_values(spec.storage_options), *url_secrets(input), *url_secrets(out),
                *url_secrets(metadata or "")]
     interrupted = CtrlCFlag()

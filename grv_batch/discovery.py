@@ -271,10 +271,11 @@ def load_metadata(url: str, *, input_url: str | None = None,
         shown = ", ".join(dupes[:3]) + (" ..." if len(dupes) > 3 else "")
         raise InputError(f"metadata {url} lists {len(dupes)} path(s) more than once: {shown}")
     if "gender" in frame.columns:
-        gender = frame["gender"].astype("string").str.strip().str.lower()
+        typed = frame["gender"].astype("string").str.strip()
+        gender = typed.str.lower()
         # the usual ways of saying "not known / not binary": no ground truth for a binary model
         gender = gender.mask(gender.isin(NO_GROUND_TRUTH))
-        bad = sorted(set(gender.dropna()) - {"female", "male"})
+        bad = sorted(set(typed[gender.notna() & ~gender.isin(["female", "male"])]))  # as typed
         if bad:  # a typo or another coding scheme would silently lose the ground truth
             raise InputError(f"metadata {url}: column 'gender' must be 'female' or 'male' (or empty, "
                              f"'unknown', 'other', 'na', 'n/a', 'none' for no ground truth), found {bad[:5]}")

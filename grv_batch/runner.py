@@ -425,7 +425,7 @@ def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = No
     members, model_sha256 = _member_names(job.model)
     changed = job.analysis_changes()
     if changed:
-        say(f"[yellow]{escape(', '.join(changed))} differ from the defaults the models were trained "
+        say(f"[yellow]warning: {escape(', '.join(changed))} differ from the defaults the models were trained "
             f"with: predictions may be less accurate than docs/models.md reports[/yellow]")
     try:
         fs, out = storage.filesystem(out_url, options)
@@ -552,7 +552,7 @@ def run_job(input_url: str, out_url: str, job, *, client, metadata_url: str | No
             report_path = build_report(out_url, params=job.report, storage_options=options)
         except Exception as exc:  # noqa: BLE001 - a failed report must not lose a finished run
             report_error = storage.redact_text(f"{type(exc).__name__}: {exc}", secrets)
-            say(f"[yellow]Report could not be built: {escape(report_error)}[/yellow]")
+            say(f"[yellow]warning: the report could not be built: {escape(report_error)}[/yellow]")
     phases["report_s"] = time.perf_counter() - started - sum(phases.values())
     wall = time.perf_counter() - started
     processed = float(sum(r.get("audio_s") or 0.0 for r in records))

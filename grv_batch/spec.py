@@ -210,13 +210,18 @@ def load_job(path: str | Path | None = None, *, overrides: Mapping[str, Any] | N
 def _describe(error: Mapping[str, Any]) -> str:
     """One validation error as ``[table].key: what is wrong (allowed: ...)``."""
     loc = [str(part) for part in error["loc"]]
-    where = f"[{loc[0]}]" + ("." + ".".join(loc[1:]) if len(loc) > 1 else "") if loc else "job"
+    field = JobSpec.model_fields.get(loc[0]) if loc else None
+    table = hasattr(getattr(field, "annotation", None), "model_fields") or isinstance(error.get("input"), Mapping)
+    if len(loc) == 1 and not table:
+        where = loc[0]  # a top-level key (name = ...), not a table
+    else:
+        where = f"[{loc[0]}]" + ("." + ".".join(loc[1:]) if len(loc) > 1 else "") if loc else "job"
     if error["type"] == "extra_forbidden":
         allowed = _allowed_keys(error["loc"][:-1])
         return f"{where}: unknown key (allowed: {', '.join(allowed)})"
-    message = error["msg"]
+    message = error["msg"].removeprefix("Value error, ")  # pydantic's prefix on a validator's own text
     if error["type"] == "value_error" and not loc:  # a rule across tables: its text says it all
-        return message.removeprefix("Value error, ")
+        return message
     if error["type"] == "literal_error":
         return f"{where}: {message}"
     return f"{where}: {message} (got {error.get('input')!r})"

@@ -47,6 +47,16 @@ def test_unknown_table_and_bad_values_are_rejected(tmp_path):
     assert "[output].compression" in message and "zstd" in message
 
 
+def test_job_errors_name_a_top_level_key_bare_and_drop_pydantics_prefix(tmp_path):
+    job = tmp_path / "job.toml"
+    job.write_text('typo_top = 1\n[speakers]\nfrom_path = "(?P<speaker>["\n')
+    with pytest.raises(JobError) as err:
+        load_job(job)
+    message = str(err.value)
+    assert "typo_top: unknown key" in message and "[typo_top]" not in message
+    assert "[speakers].from_path: invalid regex" in message and "Value error" not in message
+
+
 def test_command_line_overrides_the_file(tmp_path):
     job = tmp_path / "job.toml"
     job.write_text("[execution]\nworkers = 3\n")
@@ -191,8 +201,8 @@ def test_metadata_problems_stop_the_run(tmp_path):
     meta.write_text("file,gender\na.wav,female\n")
     with pytest.raises(InputError, match="no 'path' column"):
         load_metadata(str(meta))
-    meta.write_text("path,gender\na.wav,woman\n")
-    with pytest.raises(InputError, match="'female' or 'male'"):
+    meta.write_text("path,gender\na.wav,woman\nb.wav,M\n")
+    with pytest.raises(InputError, match=r"'female' or 'male'.*found \['M', 'woman'\]"):  # as typed
         load_metadata(str(meta))
     meta.write_text("path,gender\na.wav, Female\nb.wav,Unknown\nc.wav,other\nd.wav,\ne.wav,male\n")
     assert load_metadata(str(meta))["gender"].tolist() == ["female", pd.NA, pd.NA, pd.NA, "male"]
