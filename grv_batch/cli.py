@@ -148,6 +148,7 @@ def run(
     secrets = [*secret_values(spec.storage_options), *url_secrets(input), *url_secrets(out),
                *url_secrets(metadata or "")]
     interrupted = CtrlCFlag()
+    plan, started = None, False
     try:
         with _ctrl_c_sets(interrupted):
             plan = runner.plan_run(input, out, spec, metadata_url=metadata, console=console)
@@ -155,6 +156,7 @@ def run(
             cluster = (runner.dask_client(spec.execution, console=console)
                        if len(plan.done) < len(plan.tasks) else contextlib.nullcontext())
             with cluster as client:
+                started = True
                 summary = runner.run_job(input, out, spec, client=client, metadata_url=metadata,
                                          console=console, progress=not no_progress, plan=plan,
                                          stop=interrupted)
@@ -164,6 +166,9 @@ def run(
         _fail("interrupted; finished batches are kept: run the same command again to resume",
               code=130)
     except (runner.InputError, runner.OutputConflict, runner.IncompleteRun, runner.RunFailed) as exc:
+        if plan is not None and not started:  # the cluster never came: leave no OUT behind
+            with contextlib.suppress(Exception):
+                runner.release_out(plan)
         _fail(redact_text(str(exc), secrets))
     except BundleError as exc:
         _fail(f"model bundle: {exc}")

@@ -217,6 +217,20 @@ def _prepare_out(fs, out: str, job, *, input_url: str, model_sha256: str) -> boo
     return False
 
 
+def release_out(plan: "RunPlan") -> None:
+    """Undo :func:`plan_run`'s claim on a new OUT when the run never started (its cluster could not
+    be reached): an OUT holding only ``_job.json`` is removed, so nothing is left behind. An OUT
+    being resumed is left as it is."""
+    if plan.resuming:
+        return
+    fs, out = storage.filesystem(plan.out_url, dict(plan.job.storage_options))
+    if storage.list_names(fs, out) == [JOB_FILE]:
+        fs.rm(storage.join(out, JOB_FILE))
+        if storage.is_local(fs):
+            with contextlib.suppress(OSError):  # another process wrote into it meanwhile
+                os.rmdir(out)
+
+
 #: Everything grv-batch writes directly under OUT; ``--overwrite`` removes these and nothing else.
 OUTPUT_ENTRIES = (RUN_FILE, BATCHES_DIR, *SHARD_TABLES, "speakers", "report", JOB_FILE)
 

@@ -66,6 +66,7 @@ def test_a_mistyped_scheduler_address_is_one_line(tmp_path, address):
     assert result.exit_code == 2, result.output
     assert "cannot connect to the Dask scheduler" in result.output
     assert "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()  # the run never started: no OUT left behind
 
 
 def test_storage_failures_are_told_apart_from_bugs():
