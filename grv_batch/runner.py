@@ -218,15 +218,15 @@ def _prepare_out(fs, out: str, job, *, input_url: str, model_sha256: str) -> boo
 
 
 def release_out(plan: "RunPlan") -> None:
-    """Undo :func:`plan_run`'s claim on a new OUT when the run never started (its cluster could not
-    be reached): an OUT holding only ``_job.json`` is removed, so nothing is left behind. An OUT
-    being resumed is left as it is."""
+    """Undo :func:`plan_run`'s claim on OUT when the run never started (its cluster could not be
+    reached): the ``_job.json`` of an OUT that holds nothing else is removed, and the folder too
+    when the claim created it. An OUT being resumed is left as it is."""
     if plan.resuming:
         return
     fs, out = storage.filesystem(plan.out_url, dict(plan.job.storage_options))
     if storage.list_names(fs, out) == [JOB_FILE]:
         fs.rm(storage.join(out, JOB_FILE))
-        if storage.is_local(fs):
+        if plan.out_created:
             with contextlib.suppress(OSError):  # another process wrote into it meanwhile
                 os.rmdir(out)
 
@@ -398,6 +398,8 @@ class RunPlan:
     done: set[str]
     resuming: bool
     layout: OutputLayout
+    #: OUT did not exist before :func:`plan_run` claimed it (:func:`release_out` may remove it)
+    out_created: bool = False
 
 
 def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = None,
@@ -443,6 +445,7 @@ def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = No
             f"with: predictions may be less accurate than docs/models.md reports[/yellow]")
     try:
         fs, out = storage.filesystem(out_url, options)
+        out_created = storage.is_local(fs) and not os.path.exists(out)
         resuming = _prepare_out(fs, out, typed_job, input_url=input_url, model_sha256=model_sha256)
     except OutputConflict:
         raise
@@ -487,6 +490,7 @@ def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = No
         + (f", {len(done)} already done (resuming)" if resuming and done else ""))
     return RunPlan(input_url=input_url, out_url=out_url, job=job, metadata_url=metadata_url,
                    corpus=corpus, joined=joined, tasks=tasks, done=done, resuming=resuming,
+                   out_created=out_created,
                    layout=layout)
 
 

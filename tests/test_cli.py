@@ -67,6 +67,9 @@ def test_a_mistyped_scheduler_address_is_one_line(tmp_path, address):
     assert "cannot connect to the Dask scheduler" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "o").exists()  # the run never started: no OUT left behind
+    (tmp_path / "mine").mkdir()  # an empty folder the user made for OUT stays theirs, empty
+    runner.invoke(app, ["run", str(tmp_path / "in"), "--out", str(tmp_path / "mine"), "--scheduler", address])
+    assert (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())
 
 
 def test_storage_failures_are_told_apart_from_bugs():
