@@ -107,24 +107,11 @@ class Corpus:
 
 
 def file_id_for(relative_path: str) -> str:
-    """Stable 16-hex-digit id of a file, from its path relative to INPUT (a local name's bytes
-    that are not UTF-8 count as they are: see :func:`printable_path`)."""
+    """Stable 16-hex-digit id of a file, from its path relative to INPUT. A local name's bytes that
+    are not UTF-8 count as they are, so a file named ``lat\\xe9.wav`` beside one whose name has the
+    byte 0xE9 (both written ``lat\\xe9.wav`` in the tables: :func:`grv_batch.storage.printable`)
+    keeps its own id."""
     return hashlib.blake2b(relative_path.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
-
-
-def printable_path(relative_path: str) -> str:
-    """``relative_path`` as the tables can hold it (UTF-8 text).
-
-    A local file name that is not UTF-8 (Latin-1 from an old file server, say) reaches Python with
-    each such byte as a lone surrogate, which no Parquet string can hold; those bytes are written
-    as ``\\xe9`` escapes. The file is still read by its real name, and its ``file_id`` comes from
-    its real bytes, so it cannot collide with a file whose name is that escape.
-    """
-    try:
-        relative_path.encode("utf-8")
-        return relative_path
-    except UnicodeEncodeError:
-        return relative_path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 #: Listing fields that change when an object's content does, most telling first: a content hash
@@ -189,9 +176,10 @@ def discover(input_url: str, params: InputParams = InputParams(), *,
         if not any(fnmatch.fnmatchcase(name, p) for p in patterns):
             unmatched += 1
             continue
-        if any(fnmatch.fnmatchcase(relative, p) for p in params.exclude):
+        shown = storage.printable(relative)
+        if any(fnmatch.fnmatchcase(relative, p) or fnmatch.fnmatchcase(shown, p) for p in params.exclude):
             continue
-        files.append(AudioFile(file_id=file_id_for(relative), path=printable_path(relative),
+        files.append(AudioFile(file_id=file_id_for(relative), path=shown,
                                url=storage.full_url(fs, path), size=int(info.get("size") or 0),
                                problem=_unreadable_entry(path, info),
                                version=content_version(info)))
@@ -220,6 +208,8 @@ def _raise_if_unreachable(fs, root: str, input_url: str) -> None:
         if isinstance(status, int) and status not in (404, 410):
             raise InputError(f"INPUT {input_url} cannot be read: the server answered HTTP {status} "
                              f"{getattr(cause, 'message', '')}".rstrip()) from exc
+    except PermissionError as exc:
+        raise InputError(f"INPUT {input_url} cannot be read: permission denied") from exc
     except Exception as exc:  # noqa: BLE001 - another back end's refused connection, bad credentials...
         raise InputError(f"INPUT {input_url} cannot be reached: {type(exc).__name__}: {exc}") from exc
 

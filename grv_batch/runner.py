@@ -226,9 +226,23 @@ def release_out(plan: "RunPlan") -> None:
     fs, out = storage.filesystem(plan.out_url, dict(plan.job.storage_options))
     if storage.list_names(fs, out) == [JOB_FILE]:
         fs.rm(storage.join(out, JOB_FILE))
-        if plan.out_created:
-            with contextlib.suppress(OSError):  # another process wrote into it meanwhile
-                os.rmdir(out)
+        folder = os.path.abspath(out)
+        top = plan.out_created
+        while top and (folder == top or folder.startswith(top.rstrip(os.sep) + os.sep)):
+            try:
+                os.rmdir(folder)
+            except OSError:  # another process wrote into it meanwhile
+                return
+            folder = os.path.dirname(folder)
+
+
+def _first_missing_folder(path: str) -> str | None:
+    """The outermost folder of local ``path`` (itself included) that does not exist yet."""
+    path = os.path.abspath(path)
+    missing = None
+    while not os.path.exists(path):
+        missing, path = path, os.path.dirname(path)
+    return missing
 
 
 #: Everything grv-batch writes directly under OUT; ``--overwrite`` removes these and nothing else.
@@ -398,8 +412,9 @@ class RunPlan:
     done: set[str]
     resuming: bool
     layout: OutputLayout
-    #: OUT did not exist before :func:`plan_run` claimed it (:func:`release_out` may remove it)
-    out_created: bool = False
+    #: the outermost local folder that :func:`plan_run`'s claim on OUT created (OUT itself or a
+    #: folder above it; None when OUT existed): :func:`release_out` may remove up to it
+    out_created: str | None = None
 
 
 def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = None,
@@ -443,18 +458,19 @@ def plan_run(input_url: str, out_url: str, job, *, metadata_url: str | None = No
     if changed:
         say(f"[yellow]warning: {escape(', '.join(changed))} differ from the defaults the models were trained "
             f"with: predictions may be less accurate than docs/models.md reports[/yellow]")
+    layout = OutputLayout(out_url=storage.absolute(out_url), metadata_schema=_metadata_schema(metadata),
+                          member_names=members, compression=job.output.compression,
+                          secrets=tuple(storage.secret_values(options)))
+    _check_report_groups(job, layout, renamed)
+    # OUT is claimed (its _job.json written) only once every argument has been checked
     try:
         fs, out = storage.filesystem(out_url, options)
-        out_created = storage.is_local(fs) and not os.path.exists(out)
+        out_created = _first_missing_folder(out) if storage.is_local(fs) else None
         resuming = _prepare_out(fs, out, typed_job, input_url=input_url, model_sha256=model_sha256)
     except OutputConflict:
         raise
     except Exception as exc:  # noqa: BLE001 - an unreachable endpoint, bad credentials...
         raise InputError(f"OUT {out_url} cannot be used: {type(exc).__name__}: {exc}") from exc
-    layout = OutputLayout(out_url=storage.absolute(out_url), metadata_schema=_metadata_schema(metadata),
-                          member_names=members, compression=job.output.compression,
-                          secrets=tuple(storage.secret_values(options)))
-    _check_report_groups(job, layout, renamed)
     target = batch_target_s(sum(f.estimated_s for f in corpus.files), job.execution.batch_audio_s)
     batches = plan_batches(corpus.files, target_audio_s=target,
                            max_files=job.execution.max_files_per_batch)

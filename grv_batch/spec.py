@@ -208,7 +208,8 @@ def load_job(path: str | Path | None = None, *, overrides: Mapping[str, Any] | N
 
 
 def _describe(error: Mapping[str, Any]) -> str:
-    """One validation error as ``[table].key: what is wrong (allowed: ...)``."""
+    """One validation error as ``[table].key: what is wrong (allowed: ...)`` (a top-level key is
+    named bare: ``name: ...``)."""
     loc = [str(part) for part in error["loc"]]
     field = JobSpec.model_fields.get(loc[0]) if loc else None
     table = hasattr(getattr(field, "annotation", None), "model_fields") or isinstance(error.get("input"), Mapping)

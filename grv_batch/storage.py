@@ -139,12 +139,31 @@ def _redact_query(match: re.Match) -> str:
 
 
 def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
-    """Replace every occurrence of a secret in ``text`` (error messages may echo request data),
-    and the credentials and query strings of the URLs in it (:func:`redact_url`)."""
+    """``text`` safe to write anywhere: every occurrence of a secret replaced (error messages may
+    echo request data), the credentials and query strings of the URLs in it (:func:`redact_url`)
+    too, and made :func:`printable`."""
     for secret in secrets:
         if len(secret) >= 3:
             text = text.replace(secret, REDACTED)
-    return redact_url(text)
+    return printable(redact_url(text))
+
+
+def printable(text: str) -> str:
+    """``text`` as UTF-8 can hold it (a Parquet string, a JSON file, a terminal).
+
+    A local file name that is not UTF-8 (Latin-1 from an old file server, say) reaches Python with
+    each such byte as a lone surrogate; those bytes are written as ``\\xe9`` escapes. Files are
+    still opened by their real names.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def location(url: str) -> str:

@@ -68,8 +68,10 @@ def test_a_mistyped_scheduler_address_is_one_line(tmp_path, address):
     assert "Traceback" not in result.output
     assert not (tmp_path / "o").exists()  # the run never started: no OUT left behind
     (tmp_path / "mine").mkdir()  # an empty folder the user made for OUT stays theirs, empty
-    runner.invoke(app, ["run", str(tmp_path / "in"), "--out", str(tmp_path / "mine"), "--scheduler", address])
-    assert (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())
+    for out in (tmp_path / "mine", tmp_path / "mine" / "a" / "b"):  # and folders made for OUT go
+        result = runner.invoke(app, ["run", str(tmp_path / "in"), "--out", str(out), "--scheduler", address])
+        assert result.exit_code == 2 and "cannot connect to the Dask scheduler" in result.output
+        assert (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())
 
 
 def test_storage_failures_are_told_apart_from_bugs():

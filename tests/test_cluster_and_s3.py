@@ -92,7 +92,11 @@ def test_a_lost_scheduler_stops_the_run_with_one_line_and_a_rerun_resumes(tmp_pa
         time.sleep(0.1)
     dask_scheduler["scheduler"].kill()  # mid-run, with batches queued and running
     killed_at = time.monotonic()
-    _, stderr = client.communicate(timeout=300)
+    try:
+        _, stderr = client.communicate(timeout=300)
+    finally:
+        if client.poll() is None:
+            client.kill()
     assert client.returncode != 0
     assert time.monotonic() - killed_at < 120
     lines = [line for line in stderr.strip().splitlines() if line.strip()]

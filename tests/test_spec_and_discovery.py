@@ -456,7 +456,8 @@ def test_absolute_metadata_paths_join_a_single_file_input(tmp_path):
 
 def test_a_name_that_is_not_utf8_is_read_and_written_with_escapes(tmp_path):
     """A Latin-1 name from an old file server (byte 0xE9) is read by its real name and written to
-    the tables as ``lat\\xe9.wav``; a file whose name is that escape, beside it, keeps its own id."""
+    the tables as ``lat\\xe9.wav``, the name metadata and ``exclude`` use; a file whose name is
+    that escape, beside it, keeps its own id; a broken link to such a name is an error row."""
     import os
     import soundfile as sf
 
@@ -467,16 +468,27 @@ def test_a_name_that_is_not_utf8_is_read_and_written_with_escapes(tmp_path):
     corpus.mkdir()
     sf.write(corpus / "ok.wav", 0.3 * np.sin(2 * np.pi * 150 * np.arange(16000) / 16000), 16000)
     data = (corpus / "ok.wav").read_bytes()
-    for name in (b"lat\xe9.wav", b"lat\\xe9.wav"):
-        with open(os.path.join(os.fsencode(corpus), name), "wb") as handle:
-            handle.write(data)
-    job = JobSpec()
-    plan = plan_run(str(corpus), str(tmp_path / "out"), job)
+    raw = os.fsencode(corpus)
+    try:
+        for name in (b"lat\xe9.wav", b"lat\\xe9.wav", b"skip\xe9.wav"):
+            with open(os.path.join(raw, name), "wb") as handle:
+                handle.write(data)
+        os.symlink(b"/nowhere/caf\xe9.wav", os.path.join(raw, b"gone\xe9.wav"))
+    except OSError:
+        pytest.skip("this file system only takes UTF-8 names")
+    meta = tmp_path / "meta.csv"
+    meta.write_text("path,gender\nlat\\xe9.wav,male\n", encoding="utf-8")
+    job = JobSpec.model_validate({"input": {"exclude": ["skip\\xe9.wav"]}})
+    plan = plan_run(str(corpus), str(tmp_path / "out"), job, metadata_url=str(meta))
+    assert plan.joined.metadata_without_files == 0
     for task in plan.tasks:
         process_batch(task, job=job, layout=plan.layout)
-    files = pd.read_parquet(tmp_path / "out" / "files")
-    assert sorted(files["path"]) == ["lat\\xe9.wav", "lat\\xe9.wav", "ok.wav"]
-    assert files["file_id"].is_unique and (files["status"] == "ok").all(), files
+    files = pd.read_parquet(tmp_path / "out" / "files").set_index("path").sort_index()
+    assert list(files.index) == ["gone\\xe9.wav", "lat\\xe9.wav", "lat\\xe9.wav", "ok.wav"]
+    assert files["file_id"].is_unique
+    assert files.loc["gone\\xe9.wav", "status"] == "error"
+    assert "/nowhere/caf\\xe9.wav" in files.loc["gone\\xe9.wav", "error"]
+    assert (files.drop("gone\\xe9.wav")["status"] == "ok").all()
 
 
 def test_two_files_differing_only_in_unicode_normalisation_each_count_once():

@@ -8,6 +8,9 @@ would (``domain``'s ``k-fold`` way), for what it does on a corpus none of the mo
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -68,6 +71,9 @@ def main(argv=None):
         return T.merge(g, on=["path", "variant"])
 
     F, H = with_classic("oof_files.parquet", z), with_classic("heldout_files.parquet", z_heldout)
+    # variants the run only scored (never fitted on) are not what the shipped stack is fitted on
+    eval_only = json.loads(Path(a.report, "summary.json").read_text()).get("eval_variants", [])
+    F, H = F[~F["variant"].isin(eval_only)], H[~H["variant"].isin(eval_only)]
     yF = (F["gender"] == "male").to_numpy()
     fF = F["speaker_id"].map(fold_of).to_numpy()
     base = [c[2:] for c in F.columns if c.startswith("z_") and c != "z_classic"]
