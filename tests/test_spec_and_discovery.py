@@ -27,32 +27,29 @@ def test_every_shipped_job_file_is_valid(name):
     load_job(REPO / "jobs" / name)
 
 
-def test_unknown_key_names_the_key_and_what_is_allowed(tmp_path):
+def _job_error(tmp_path, text: str) -> str:
+    """The message of the JobError a job file holding ``text`` raises."""
     job = tmp_path / "job.toml"
-    job.write_text("[denoise]\nprop_decreas = 0.5\n")
+    job.write_text(text)
     with pytest.raises(JobError) as err:
         load_job(job)
-    message = str(err.value)
+    return str(err.value)
+
+
+def test_unknown_key_names_the_key_and_what_is_allowed(tmp_path):
+    message = _job_error(tmp_path, "[denoise]\nprop_decreas = 0.5\n")
     assert "[denoise].prop_decreas" in message and "unknown key" in message
     assert "prop_decrease" in message  # what is allowed
 
 
 def test_unknown_table_and_bad_values_are_rejected(tmp_path):
-    job = tmp_path / "job.toml"
-    job.write_text("[stages]\nx = 1\n[execution]\nworkers = 0\n[output]\ncompression = 'lz4'\n")
-    with pytest.raises(JobError) as err:
-        load_job(job)
-    message = str(err.value)
+    message = _job_error(tmp_path, "[stages]\nx = 1\n[execution]\nworkers = 0\n[output]\ncompression = 'lz4'\n")
     assert "[stages]" in message and "[execution].workers" in message
     assert "[output].compression" in message and "zstd" in message
 
 
 def test_job_errors_name_a_top_level_key_bare_and_drop_pydantics_prefix(tmp_path):
-    job = tmp_path / "job.toml"
-    job.write_text('typo_top = 1\n[speakers]\nfrom_path = "(?P<speaker>["\n')
-    with pytest.raises(JobError) as err:
-        load_job(job)
-    message = str(err.value)
+    message = _job_error(tmp_path, 'typo_top = 1\n[speakers]\nfrom_path = "(?P<speaker>["\n')
     assert "typo_top: unknown key" in message and "[typo_top]" not in message
     assert "[speakers].from_path: invalid regex" in message and "Value error" not in message
 
