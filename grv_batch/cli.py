@@ -348,7 +348,7 @@ def _print_version(value: bool) -> None:
 
 
 @app.callback()
-def _main(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+def _main(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, metavar="",
                                                 help="Print the version and the shipped model bundle's, and exit.")] = False) -> None:
     """grv-batch: batch gender recognition by voice."""
 
