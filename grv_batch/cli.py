@@ -236,7 +236,7 @@ def train(
     not_audio = sorted({m for ms in only.values() for m in ms} - set(AUDIO_MEMBERS))
     if not_audio:
         _fail(f"--train-only: {', '.join(not_audio)} is not an audio member; known: {', '.join(AUDIO_MEMBERS)}")
-    if {"pitch", "pitch_call"} & set(sum(names.values(), [])) and importlib.util.find_spec("pyworld") is None:
+    if {"pitch", "pitch_call", "pitch_cross"} & set(sum(names.values(), [])) and importlib.util.find_spec("pyworld") is None:
         _fail("the pitch variants need pyworld (the WORLD vocoder): pip install 'grv-batch[train]'")
     try:
         per_member = {k.strip(): int(v) for k, v in (kv.split("=") for kv in _csv(epochs))}

@@ -240,6 +240,25 @@ def test_pitch_variant_moves_f0_and_keeps_the_formants(semitones):
     assert abs(len(y) / rate - 2.0) < 0.05
 
 
+def test_pitch_cross_variant_moves_f0_towards_the_other_sex_only():
+    """``pitch_cross``: a man's voice goes 2-5 semitones up, a woman's down; it needs the label."""
+    import numpy as np
+    from _audio import vowel
+
+    from grv_batch.features import analyze_window
+    from grv_batch.training.augment import make_variant
+
+    sr = 16000
+    for gender, f0, sign in (("male", 120.0, 1), ("female", 220.0, -1)):
+        for seed in range(3):
+            y, rate = sf.read(make_variant(vowel(f0, 2.0, sr), sr, "pitch_cross", np.random.default_rng(seed),
+                                           gender=gender))
+            moved = 12 * np.log2(analyze_window(y.astype(np.float32), rate).features["f0_p50"] / f0)
+            assert 1.7 < sign * moved < 5.3
+    with pytest.raises(ValueError, match="gender"):
+        make_variant(vowel(120.0, 1.0, sr), sr, "pitch_cross", np.random.default_rng(0))
+
+
 def test_pitch_call_variant_is_a_shifted_voice_through_a_call_channel():
     """``pitch_call``: the formant-keeping shift, then the telephone, real-codec telephone or
     mobile channel: out at a call rate, of the same length, with F0 moved 2-5 semitones."""

@@ -18,7 +18,7 @@ from scipy import signal
 #: The variants the shipped bundle is trained on (and ``grv-batch train``'s default).
 VARIANTS = ("clean", "telephone", "telephone2", "wild", "perturb", "mobile")
 #: Every variant :func:`make_variant` knows.
-VARIANT_NAMES = VARIANTS + ("pitch", "pitch_call")
+VARIANT_NAMES = VARIANTS + ("pitch", "pitch_call", "pitch_cross")
 
 
 def _rms(x):
@@ -206,8 +206,10 @@ def codec_roundtrip(x, sr, rng) -> tuple[np.ndarray, int]:
     return y, sr2
 
 
-def make_variant(x: np.ndarray, sr: int, variant: str, rng: np.random.Generator) -> io.BytesIO:
-    """Encoded audio (file object) of one augmentation variant of mono ``x``."""
+def make_variant(x: np.ndarray, sr: int, variant: str, rng: np.random.Generator, *,
+                 gender: str | None = None) -> io.BytesIO:
+    """Encoded audio (file object) of one augmentation variant of mono ``x``; ``gender`` (the
+    clip's label) is needed by ``pitch_cross`` only."""
     x = np.asarray(x, dtype=np.float64)
     if variant == "clean":
         return _encode(x, sr, "WAV", "PCM_16")
@@ -233,6 +235,13 @@ def make_variant(x: np.ndarray, sr: int, variant: str, rng: np.random.Generator)
     if variant == "pitch":
         # 2-5 semitones up or down with the formants kept, sometimes a codec, any gain
         y = shift_pitch_keep_formants(x, sr, rng.choice([-1.0, 1.0]) * rng.uniform(2.0, 5.0))
+        return _codec_sometimes_then_level(y, sr, rng, 0.3, -30.0)
+    if variant == "pitch_cross":
+        # 2-5 semitones towards the other sex's range only (men up, women down): the raised
+        # voices of angry or happy men and the low ones of sad women, with their own formants
+        if gender not in ("female", "male"):
+            raise ValueError(f"the pitch_cross variant needs the clip's gender, got {gender!r}")
+        y = shift_pitch_keep_formants(x, sr, (1.0 if gender == "male" else -1.0) * rng.uniform(2.0, 5.0))
         return _codec_sometimes_then_level(y, sr, rng, 0.3, -30.0)
     if variant == "pitch_call":
         # the pitch shift above, then one of the three call channels: a raised or lowered voice

@@ -46,7 +46,7 @@ def _cache_file(cache, path: str, variant: str, seed: int) -> Path:
 
 
 def _extract_one(args) -> str | None:
-    path, root, variant, seed, cache = args
+    path, root, variant, seed, cache, gender = args
     out = _cache_file(cache, path, variant, seed)
     if out.exists():
         return None
@@ -58,7 +58,7 @@ def _extract_one(args) -> str | None:
     rng = np.random.default_rng(int(_key(path, variant, seed), 16) % (2**32))
     try:
         x, sr = sf.read(str(Path(root) / path), dtype="float64", always_2d=True)
-        src = make_variant(x.mean(axis=1), sr, variant, rng)
+        src = make_variant(x.mean(axis=1), sr, variant, rng, gender=gender)
         wins = list(iter_windows(src, AnalysisParams()))
     except Exception as exc:  # noqa: BLE001 - recorded, not fatal
         return f"{path} [{variant}]: {exc}"
@@ -81,7 +81,9 @@ def _extract_one(args) -> str | None:
 
 def extract(metadata: pd.DataFrame, data_root, cache, variants, *, seed: int = 0, workers: int = 2) -> list[str]:
     """Fill the cache for every (clip, variant); returns error messages (failed clips are skipped)."""
-    jobs = [(p, str(data_root), v, seed, str(cache)) for v in variants for p in metadata["path"]]
+    genders = metadata["gender"] if "gender" in metadata else [None] * len(metadata)
+    jobs = [(p, str(data_root), v, seed, str(cache), g) for v in variants
+            for p, g in zip(metadata["path"], genders, strict=True)]
     errors = []
     if workers <= 1:
         for j in jobs:
