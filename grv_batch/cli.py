@@ -214,6 +214,7 @@ def train(
     """Train the ensemble with speaker-grouped cross-validation and write a model bundle."""
     _quiet_libraries()
     from grv_batch.training import VARIANT_NAMES, train_bundle
+    from grv_batch.training.augment import PITCH_VARIANTS
     from grv_batch.training.train import ManifestError
 
     if not metadata.exists():
@@ -236,7 +237,7 @@ def train(
     not_audio = sorted({m for ms in only.values() for m in ms} - set(AUDIO_MEMBERS))
     if not_audio:
         _fail(f"--train-only: {', '.join(not_audio)} is not an audio member; known: {', '.join(AUDIO_MEMBERS)}")
-    if {"pitch", "pitch_call", "pitch_cross"} & set(sum(names.values(), [])) and importlib.util.find_spec("pyworld") is None:
+    if set(PITCH_VARIANTS) & set(sum(names.values(), [])) and importlib.util.find_spec("pyworld") is None:
         _fail("the pitch variants need pyworld (the WORLD vocoder): pip install 'grv-batch[train]'")
     try:
         per_member = {k.strip(): int(v) for k, v in (kv.split("=") for kv in _csv(epochs))}

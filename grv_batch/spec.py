@@ -213,10 +213,12 @@ def _describe(error: Mapping[str, Any]) -> str:
     loc = [str(part) for part in error["loc"]]
     field = JobSpec.model_fields.get(loc[0]) if loc else None
     table = hasattr(getattr(field, "annotation", None), "model_fields") or isinstance(error.get("input"), Mapping)
-    if len(loc) == 1 and not table:
+    if not loc:
+        where = "job"
+    elif len(loc) == 1 and not table:
         where = loc[0]  # a top-level key (name = ...), not a table
     else:
-        where = f"[{loc[0]}]" + ("." + ".".join(loc[1:]) if len(loc) > 1 else "") if loc else "job"
+        where = f"[{loc[0]}]" + "".join("." + part for part in loc[1:])
     if error["type"] == "extra_forbidden":
         allowed = _allowed_keys(error["loc"][:-1])
         return f"{where}: unknown key (allowed: {', '.join(allowed)})"

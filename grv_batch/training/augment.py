@@ -17,8 +17,11 @@ from scipy import signal
 
 #: The variants the shipped bundle is trained on (and ``grv-batch train``'s default).
 VARIANTS = ("clean", "telephone", "telephone2", "wild", "perturb", "mobile")
+#: The opt-in variants that move the voice's pitch with the WORLD vocoder (``pyworld``, the
+#: ``train`` extra).
+PITCH_VARIANTS = ("pitch", "pitch_call", "pitch_cross")
 #: Every variant :func:`make_variant` knows.
-VARIANT_NAMES = VARIANTS + ("pitch", "pitch_call", "pitch_cross")
+VARIANT_NAMES = VARIANTS + PITCH_VARIANTS
 
 
 def _rms(x):
@@ -178,6 +181,13 @@ def shift_pitch_keep_formants(x, sr, semitones):
     return pyworld.synthesize(f0 * 2.0 ** (semitones / 12.0), envelope, aperiodicity, sr, 5.0)
 
 
+def _pitch_shifted(x, sr, rng, sign: float | None = None) -> np.ndarray:
+    """``x`` with F0 moved 2-5 semitones, up (``sign`` 1), down (-1) or either (None, drawn)."""
+    if sign is None:
+        sign = rng.choice([-1.0, 1.0])
+    return shift_pitch_keep_formants(x, sr, sign * rng.uniform(2.0, 5.0))
+
+
 def _codec_sometimes_then_level(y, sr, rng, p_codec: float, min_db: float) -> io.BytesIO:
     """With probability ``p_codec`` a lossy codec round trip, then a peak level drawn from
     ``min_db``..0 dB of full scale; as a 16-bit WAV file object."""
@@ -234,20 +244,18 @@ def make_variant(x: np.ndarray, sr: int, variant: str, rng: np.random.Generator,
         return _codec_sometimes_then_level(y, sr, rng, 0.5, -35.0)
     if variant == "pitch":
         # 2-5 semitones up or down with the formants kept, sometimes a codec, any gain
-        y = shift_pitch_keep_formants(x, sr, rng.choice([-1.0, 1.0]) * rng.uniform(2.0, 5.0))
-        return _codec_sometimes_then_level(y, sr, rng, 0.3, -30.0)
+        return _codec_sometimes_then_level(_pitch_shifted(x, sr, rng), sr, rng, 0.3, -30.0)
     if variant == "pitch_cross":
         # 2-5 semitones towards the other sex's range only (men up, women down): the raised
         # voices of angry or happy men and the low ones of sad women, with their own formants
         if gender not in ("female", "male"):
             raise ValueError(f"the pitch_cross variant needs the clip's gender, got {gender!r}")
-        y = shift_pitch_keep_formants(x, sr, (1.0 if gender == "male" else -1.0) * rng.uniform(2.0, 5.0))
+        y = _pitch_shifted(x, sr, rng, 1.0 if gender == "male" else -1.0)
         return _codec_sometimes_then_level(y, sr, rng, 0.3, -30.0)
     if variant == "pitch_call":
         # the pitch shift above, then one of the three call channels: a raised or lowered voice
         # heard through a telephone, where the formants above 3.4 kHz are gone as well
-        y = shift_pitch_keep_formants(x, sr, rng.choice([-1.0, 1.0]) * rng.uniform(2.0, 5.0))
-        return make_variant(y, sr, ("telephone", "telephone2", "mobile")[rng.integers(3)], rng)
+        return make_variant(_pitch_shifted(x, sr, rng), sr, ("telephone", "telephone2", "mobile")[rng.integers(3)], rng)
     if variant == "telephone2":
         return telephone_codec(x, sr, rng)
     if variant == "mobile":

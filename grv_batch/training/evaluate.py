@@ -53,6 +53,8 @@ def targets(report: str | Path) -> list[dict]:
     add("pitch moved 2-5 semitones, formants kept (WORLD; codec, gain)", (F["variant"] == "pitch").to_numpy(), "")
     add("pitch moved 2-5 semitones, then a call channel (telephone, real codecs or mobile)",
         (F["variant"] == "pitch_call").to_numpy(), "")
+    add("pitch moved 2-5 semitones towards the other sex, formants kept (WORLD; codec, gain)",
+        (F["variant"] == "pitch_cross").to_numpy(), "")
     p = F["p_ensemble"].to_numpy()
     conf = np.maximum(p, 1 - p)
     op = summary.get("operating_point", {"confidence_threshold": thr, "disagreement": None})
