@@ -53,12 +53,12 @@ def stack_logits(T: pd.DataFrame, on: pd.DataFrame, members: list[str], seed: in
 
 
 def compare(F: pd.DataFrame, H: pd.DataFrame, members: list[str], fold_of: dict[str, int], *,
-            seed: int = 0) -> tuple[list[dict], list[dict]]:
-    """Metric rows (held-out corpus, and k-fold cross-fitted) for each way of fitting the stack, and
-    the combiner each way fits on all rows."""
+            seed: int = 0, ways: tuple[str, ...] = WAYS) -> tuple[list[dict], list[dict]]:
+    """Metric rows (held-out corpus, and k-fold cross-fitted) for each of ``ways`` of fitting the
+    stack, and the combiner each way fits on all rows."""
     F, H = F.reset_index(drop=True), H.reset_index(drop=True)  # rows are addressed by position
     rows = []
-    for way in WAYS:
+    for way in ways:
         p = np.full(len(H), np.nan)
         for c in sorted(H["corpus"].unique()):
             te = (H["corpus"] == c).to_numpy()
@@ -77,7 +77,7 @@ def compare(F: pd.DataFrame, H: pd.DataFrame, members: list[str], fold_of: dict[
                 rows.append({"table": table, "corpus": corpus, "variant": variant, "stack": way, "n": m["n"],
                              "accuracy": m["accuracy"], "ece": m["ece"], "log_loss": m["log_loss"]})
     combiners = []
-    for way in WAYS:
+    for way in ways:
         _, comb = stack_logits(_fit_rows(way, F, H, np.ones(len(F), bool), np.ones(len(H), bool)), F.head(1),
                                members, seed)
         combiners.append({"stack": way, **{f"w_{m}": comb["weights"][m] for m in members},
